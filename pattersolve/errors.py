@@ -1,0 +1,53 @@
+"""The one exception type for user mistakes, and the exit codes the CLI maps it to.
+
+Raise :class:`PattersolveError` anywhere a user (not the program) is at fault; the
+entry points in :mod:`pattersolve.cli` catch it once, print a single line naming
+the problem and the fix, and exit with ``error.exit_code``.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Stable exit codes for scripts calling pattersolve."""
+
+    OK = 0
+    INTERNAL = 1  # a bug: traceback printed
+    USAGE = 2  # click's own code for bad flags
+    INPUT_MISSING = 3  # file missing or unreadable
+    INPUT_FORMAT = 4  # not an MTZ / CIF / HKL, or corrupt
+    COLUMNS = 5  # no usable column, or ambiguous columns
+    DATA = 6  # empty, all-NaN, or otherwise unusable data
+    RESOURCES = 7  # grid would not fit in memory
+    MODEL = 8  # model file corrupt, missing or mismatched
+    OUTPUT = 9  # output exists (without --overwrite) or is unwritable
+    BACKEND = 10  # requested backend or device not available
+
+
+class PattersolveError(Exception):
+    """A user-facing error: one line, a fix, and an exit code.
+
+    Parameters
+    ----------
+    message
+        What is wrong, naming the file or column concerned.
+    fix
+        What the user can do about it (appended as "fix: ...").
+    exit_code
+        The process exit code the CLI uses.
+    """
+
+    def __init__(self, message: str, fix: str = "", exit_code: ExitCode = ExitCode.DATA):
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+        self.exit_code = ExitCode(exit_code)
+
+    def one_line(self) -> str:
+        """The single line printed to stderr."""
+        text = self.message.rstrip(".")
+        if self.fix:
+            text += f"; fix: {self.fix}"
+        return " ".join(text.split())
