@@ -475,7 +475,16 @@ def read_reflections(
 
 def _count_possible(cell: gemmi.UnitCell, sg: gemmi.SpaceGroup, d_min: float, d_max: float
                     ) -> int:
-    """Reflections a complete data set would have in the P1 half-sphere (absences excluded)."""
+    """Reflections a complete data set would have in the P1 half-sphere (absences excluded).
+
+    Counted exactly for ordinary cells; estimated from the reciprocal volume of the shell
+    when the index box is too large to enumerate.
+    """
+    box = np.prod([2 * np.floor(x / d_min) + 1 for x in (cell.a, cell.b, cell.c)])
+    if box > 2e7:
+        shell = 4.0 / 3.0 * np.pi * (d_min**-3 - d_max**-3) * cell.volume / 2.0
+        absent_fraction = 1.0 - 1.0 / max(1, len(sg.operations().cen_ops))
+        return int(shell * (1.0 - absent_fraction))
     hkl = miller_sphere(cell, d_min, half=True)
     d = d_spacings(cell, hkl)
     hkl = hkl[d <= d_max + 1e-6]

@@ -35,3 +35,33 @@ N_RESOLUTION_BINS = 10
 
 # --- runtime -------------------------------------------------------------------------------
 ENV_MODELS = "PATTERSOLVE_MODELS"  # extra directory searched for models
+
+# --- phasematch search (pattersolve.phasematch) ----------------------------------------------
+#: Map-coefficient pairs (F type, P type) in priority order.
+MAP_COEFFICIENT_LABELS: tuple[tuple[str, str], ...] = (
+    ("FWT", "PHWT"), ("FC", "PHIC"), ("F-model", "PHIF-model"), ("FC_ALL", "PHIC_ALL"),
+    ("2FOFCWT", "PH2FOFCWT"), ("FP", "PHIB"), ("F", "PHI"), ("FOBS", "PHIB"),
+)
+PHASEMATCH_OVERSAMPLE = 3.0  # origin-search grid points per reflection-grid point, per axis
+PHASEMATCH_MAX_GRID_POINTS = 2**22  # cap on the origin-search grid (oversampling shrinks)
+PHASEMATCH_PEAKS = 6  # correlation peaks refined per hand
+
+# --- projection refinement (pattersolve.refine) ----------------------------------------------
+REFINE_ER_CYCLES = 80  # error-reduction polish after RAAR
+REFINE_SHRINKWRAP_EVERY = 20  # iterations between support updates
+REFINE_SHRINKWRAP_THRESHOLD = 0.12  # support = blurred density above this fraction of its max
+REFINE_BLUR_START = 1.5  # Gaussian blur (A, sigma) of the first support update
+REFINE_BLUR_END = 0.8  # ... and of the last
+REFINE_PATTERSON_THRESHOLD = 0.05  # Patterson support: above this fraction of its maximum
+REFINE_SIGMA_K = 1.0  # measured amplitudes are met to within k * sigma
+
+# --- charge flipping / ab initio (pattersolve.chargeflip, pattersolve.abinitio) ----------
+CF_DELTA_SIGMA = 1.3  # flipping threshold, units of the E-map r.m.s. (best on real data)
+CF_WEAK_FRACTION = 0.2  # smallest-E fraction whose phases are shifted by 90 deg
+CF_E_MAX = 5.0  # cap on |E| against outliers
+CF_N_SHELLS = 20  # resolution shells for the E normalisation
+CF_CYCLES = 1000  # maximum flipping cycles per start
+CF_STARTS = 4  # random starts (stops early after a clear solution)
+ATOMIC_D_MIN = 1.2  # charge flipping needs data to at least this resolution (A)
+ATOMIC_MAX_VOLUME = 20000.0  # and cells no bigger than this (A^3) for "auto"
+PEAK_MIN_DISTANCE = 0.7  # A: peaks closer than this (symmetry included) are merged

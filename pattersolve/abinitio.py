@@ -1,0 +1,278 @@
+"""Ab initio phasing at atomic resolution: method choice and the charge-flipping pipeline.
+
+:func:`choose_method` decides between ``"chargeflip"`` (atomic resolution, small cell) and
+``"hybrid"`` (network prediction + projection refinement, implemented elsewhere).
+
+:func:`solve_atomic` runs, on the P1-expanded data of a
+:class:`~pattersolve.reflections.Reflections`:
+
+1. charge flipping (:func:`pattersolve.chargeflip.charge_flip`) from random starts, at a few
+   thresholds ``delta`` when the first does not converge;
+2. origin location and symmetry check (:func:`pattersolve.chargeflip.locate_origin`);
+3. peak recycling: the symmetrised E-map's highest peaks (about one per 18 A^3 of the
+   asymmetric unit, the volume of a non-hydrogen atom in organic crystals) become point
+   atoms whose structure factors give new phases; repeated until the peak set is stable.
+   This removes the bias of the charge-flipping fixed point (PHASING_NOTES.md: ~18 deg);
+4. the candidate with the lowest R between ``|E|`` observed and from the peak model wins.
+
+The hand of a non-centrosymmetric structure cannot be told from amplitudes without
+anomalous signal: the result is one of the two enantiomorphs (``hand_determined`` False).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gemmi
+import numpy as np
+
+from .chargeflip import (
+    _f_to_map,
+    charge_flip,
+    grid_for_chargeflip,
+    locate_origin,
+    normalise_amplitudes,
+    symmetrise_map,
+    symmetry_agreement,
+)
+from .errors import ExitCode, PattersolveError
+from .peaks import Peaks, find_peaks, symmetry_images
+from .settings import ATOMIC_D_MIN, ATOMIC_MAX_VOLUME, CF_CYCLES, CF_DELTA_SIGMA, CF_STARTS
+
+__all__ = ["AtomicResult", "choose_method", "solve_atomic", "expected_atoms"]
+
+#: volume per non-hydrogen atom in organic crystals (A^3), Kempster & Lipson's 18 A^3 rule
+VOLUME_PER_ATOM = 18.0
+#: thresholds tried in turn (units of the E-map r.m.s.) until one converges
+DELTAS: tuple[float, ...] = (CF_DELTA_SIGMA, 1.1, 1.5)
+#: R(E) between data and peak model below which a solution counts as confident
+CONFIDENT_R = 0.40
+#: symmetry agreement (correlation) below which the located origin is doubtful
+CONFIDENT_SYMMETRY = 0.6
+
+
+def choose_method(cell: gemmi.UnitCell, d_min: float, *, n_reflections: int | None = None,
+                  spacegroup: gemmi.SpaceGroup | None = None,
+                  completeness: float | None = None) -> tuple[str, str]:
+    """Pick ``"chargeflip"`` or ``"hybrid"`` for ``--method auto``, with the reason.
+
+    Charge flipping needs resolved atoms: ``d_min <= ATOMIC_D_MIN`` (1.2 A, Sheldrick's rule
+    for direct methods), a cell of at most ``ATOMIC_MAX_VOLUME`` A^3 (time and memory on a
+    laptop) and reasonably complete data (>= 70 % when given).
+    """
+    if d_min > ATOMIC_D_MIN:
+        return "hybrid", (f"data to {d_min:.2f} A do not resolve atoms (charge flipping needs "
+                          f"d_min <= {ATOMIC_D_MIN} A): network prediction + refinement")
+    if cell.volume > ATOMIC_MAX_VOLUME:
+        return "hybrid", (f"cell volume {cell.volume:.0f} A^3 is above {ATOMIC_MAX_VOLUME:.0f} "
+                          "A^3 for charge flipping here: network prediction + refinement")
+    if completeness is not None and completeness < 0.7:
+        return "hybrid", (f"data only {100 * completeness:.0f} % complete; charge flipping "
+                          "needs >= 70 %: network prediction + refinement")
+    return "chargeflip", (f"atomic resolution ({d_min:.2f} A) in a small cell "
+                          f"({cell.volume:.0f} A^3): charge flipping with origin location")
+
+
+def expected_atoms(cell: gemmi.UnitCell, spacegroup: gemmi.SpaceGroup | None) -> float:
+    """Expected non-hydrogen atoms per asymmetric unit by the 18 A^3 rule."""
+    n_ops = len(spacegroup.operations()) if spacegroup is not None else 1
+    return cell.volume / (VOLUME_PER_ATOM * n_ops)
+
+
+@dataclass
+class AtomicResult:
+    """Outcome of :func:`solve_atomic`; arrays on the reflections' P1 half-sphere ``hkl``."""
+
+    method: str
+    density: np.ndarray  # (nu, nv, nw) e/A^3 (F000 = 0: mean zero), symmetrised
+    shape: tuple[int, int, int]
+    f: np.ndarray  # complex: measured |F| x solved phase
+    phases: np.ndarray  # radians
+    origin_shift: np.ndarray  # fractional shift applied to the P1 solution
+    symmetry_agreement: list[float]  # per non-identity operator, before symmetrising
+    peaks: Peaks  # of the final E-map, unique under the space group
+    fom: dict[str, Any]  # figures of merit (see solve_atomic)
+    confident: bool
+    hand_determined: bool
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+def _peak_model_phases(hkl: np.ndarray, peaks: Peaks, spacegroup: gemmi.SpaceGroup,
+                       weights: np.ndarray | None = None) -> np.ndarray:
+    """``S(h) = sum_j w_j exp(2 pi i h.x_j)`` over all symmetry images of the peaks.
+
+    With equal atoms, the phase of ``S`` is the phase of the point-atom structure factors
+    whatever the form factor and B.
+    """
+    images = symmetry_images(peaks.frac, spacegroup)  # (n_ops, n, 3)
+    w = np.ones(len(peaks)) if weights is None else np.asarray(weights, dtype=np.float64)
+    frac = images.reshape(-1, 3)
+    ww = np.tile(w, images.shape[0])
+    out = np.zeros(len(hkl), dtype=np.complex128)
+    hkl_f = np.asarray(hkl, dtype=np.float64)
+    for start in range(0, len(hkl), 8192):
+        ph = 2.0 * np.pi * (hkl_f[start:start + 8192] @ frac.T)
+        out[start:start + 8192] = (np.exp(1j * ph) * ww).sum(axis=1)
+    return out
+
+
+def _r_e(e_obs: np.ndarray, e_calc: np.ndarray) -> float:
+    scale = float((e_obs * e_calc).sum() / max((e_calc**2).sum(), 1e-30))
+    return float(np.abs(e_obs - scale * e_calc).sum() / max(e_obs.sum(), 1e-30))
+
+
+def _recycle(hkl: np.ndarray, e: np.ndarray, f_start: np.ndarray, cell: gemmi.UnitCell,
+             sg: gemmi.SpaceGroup, shape: Sequence[int], n_peaks: int, n_iter: int
+             ) -> tuple[np.ndarray, Peaks, float, int]:
+    """Peak recycling from a located, space-group-origin solution. Returns phases as unit
+    complex numbers, the last peaks, R(E) of the peak model and the iterations run."""
+    phase = f_start / np.maximum(np.abs(f_start), 1e-30)
+    prev: np.ndarray | None = None
+    r = 1.0
+    peaks = None
+    it = 0
+    for _ in range(n_iter):
+        it += 1
+        emap = symmetrise_map(_f_to_map(hkl, e * phase, shape, cell.volume), sg)
+        peaks = find_peaks(emap, cell, sg, n_max=n_peaks, min_distance=0.9)
+        if len(peaks) == 0:
+            break
+        weights = np.clip(peaks.height / peaks.height[0], 0.2, 1.0)
+        s = _peak_model_phases(hkl, peaks, sg, weights)
+        e_calc = normalise_amplitudes(hkl, np.abs(s), cell, sg)
+        r = _r_e(e, e_calc)
+        phase = s / np.maximum(np.abs(s), 1e-30)
+        if prev is not None and len(prev) == len(peaks.frac) and np.abs(
+                ((prev - peaks.frac) + 0.5) % 1.0 - 0.5).max() < 1e-3:
+            break
+        prev = peaks.frac
+    assert peaks is not None
+    return phase, peaks, r, it
+
+
+def solve_atomic(
+    reflections: Any,
+    *,
+    rng: np.random.Generator | int | None = None,
+    deltas: Sequence[float] = DELTAS,
+    cycles: int = CF_CYCLES,
+    n_starts: int = CF_STARTS,
+    recycle_iterations: int = 8,
+    shape: Sequence[int] | None = None,
+    max_seconds: float = 120.0,
+) -> AtomicResult:
+    """Charge flipping + origin location + symmetry check + peak recycling.
+
+    Parameters
+    ----------
+    reflections
+        A :class:`~pattersolve.reflections.Reflections` (uses ``hkl``, ``amplitude``,
+        ``cell``, ``spacegroup``, ``d``).
+    rng
+        Random generator or seed for the starting phases.
+    deltas
+        Flipping thresholds tried in turn; the next is tried only when no start converged
+        or the peak model fits badly (R(E) above :data:`CONFIDENT_R`).
+    cycles, n_starts
+        Per threshold.
+    recycle_iterations
+        Peak-recycling iterations (0: keep the charge-flipping phases).
+    shape
+        Working grid (default: :func:`~pattersolve.chargeflip.grid_for_chargeflip`).
+    max_seconds
+        Stop trying further thresholds after this much time.
+
+    Returns
+    -------
+    AtomicResult
+        ``fom`` holds ``r_flip`` (charge-flipping R on |E|), ``r_plateau``, ``converged``,
+        ``r_model`` (R between |E| and the peak model), ``symmetry_agreement_mean``,
+        ``delta``, ``n_peaks_model``, ``expected_atoms_asu``, ``recycle_iterations``.
+    """
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(rng)
+    hkl = np.asarray(reflections.hkl, dtype=np.int64)
+    amp = np.asarray(reflections.amplitude, dtype=np.float64)
+    cell, sg = reflections.cell, reflections.spacegroup
+    ok = np.isfinite(amp) & (amp >= 0)
+    if ok.sum() < 50:
+        raise PattersolveError(f"only {int(ok.sum())} usable reflections for charge flipping",
+                               "give more data, or use --method hybrid", ExitCode.DATA)
+    d_min = float(np.min(np.asarray(reflections.d)[ok]))
+    warnings: list[str] = []
+    method, reason = choose_method(cell, d_min, spacegroup=sg)
+    if method != "chargeflip":
+        warnings.append(f"charge flipping outside its range: {reason}")
+    hkl_u, amp_u = hkl[ok], amp[ok]
+    if shape is None:
+        shape = grid_for_chargeflip(cell, hkl_u, sg)
+    shape = tuple(int(n) for n in shape)
+    e = normalise_amplitudes(hkl_u, amp_u, cell, sg)
+    n_exp = expected_atoms(cell, sg)
+    n_peaks = max(2, int(np.ceil(1.2 * n_exp)))
+    timing = {"chargeflip": 0.0, "origin": 0.0, "recycle": 0.0}
+    best: dict[str, Any] | None = None
+    for delta in deltas:
+        t = time.perf_counter()
+        cf = charge_flip(hkl_u, amp_u, cell, shape, spacegroup=sg, delta=delta, cycles=cycles,
+                         n_starts=n_starts, rng=rng)
+        timing["chargeflip"] += time.perf_counter() - t
+        t = time.perf_counter()
+        origin = locate_origin(hkl_u, cf.f, cell, sg, shape)
+        timing["origin"] += time.perf_counter() - t
+        t = time.perf_counter()
+        if recycle_iterations > 0:
+            phase, _, r_model, n_it = _recycle(hkl_u, e, origin.f, cell, sg, shape, n_peaks,
+                                              recycle_iterations)
+        else:
+            phase = origin.f / np.maximum(np.abs(origin.f), 1e-30)
+            emap = symmetrise_map(_f_to_map(hkl_u, e * phase, shape, cell.volume), sg)
+            pk = find_peaks(emap, cell, sg, n_max=n_peaks, min_distance=0.9)
+            s = _peak_model_phases(hkl_u, pk, sg)
+            r_model = _r_e(e, normalise_amplitudes(hkl_u, np.abs(s), cell, sg))
+            n_it = 0
+        timing["recycle"] += time.perf_counter() - t
+        cand = {"delta": delta, "cf": cf, "origin": origin, "phase": phase,
+                "r_model": r_model, "n_it": n_it}
+        if best is None or r_model < best["r_model"]:
+            best = cand
+        if best["r_model"] < CONFIDENT_R or time.perf_counter() - t0 > max_seconds:
+            break
+    assert best is not None
+    cf, origin, phase = best["cf"], best["origin"], best["phase"]
+    f_u = amp_u * phase
+    density = symmetrise_map(_f_to_map(hkl_u, f_u, shape, cell.volume), sg)
+    emap = symmetrise_map(_f_to_map(hkl_u, e * phase, shape, cell.volume), sg)
+    peaks = find_peaks(emap, cell, sg, n_max=max(n_peaks, int(np.ceil(2 * n_exp))),
+                       min_distance=0.9)
+    agreement_final = symmetry_agreement(_f_to_map(hkl_u, origin.f, shape, cell.volume), sg) \
+        if len(sg.operations()) > 1 else []
+    f = np.zeros(len(hkl), dtype=np.complex128)
+    f[ok] = f_u
+    mean_sym = float(np.mean(origin.agreement)) if origin.agreement else 1.0
+    confident = bool(best["r_model"] < CONFIDENT_R and mean_sym > CONFIDENT_SYMMETRY
+                     and method == "chargeflip")
+    if not confident:
+        warnings.append(
+            f"charge flipping found no convincing solution (R(E) of the peak model "
+            f"{best['r_model']:.2f}, want < {CONFIDENT_R}; symmetry agreement {mean_sym:.2f}, "
+            f"want > {CONFIDENT_SYMMETRY}): treat the map as unreliable")
+    centro = sg.operations().is_centrosymmetric()
+    fom = {
+        "r_flip": cf.r_factor, "r_plateau": cf.r_start, "converged": cf.converged,
+        "cycles": cf.cycles_run, "delta": best["delta"], "r_model": best["r_model"],
+        "symmetry_agreement_mean": mean_sym, "symmetry_agreement_located": agreement_final,
+        "n_peaks_model": n_peaks, "expected_atoms_asu": n_exp,
+        "recycle_iterations": best["n_it"], "grid": list(shape), "d_min": d_min,
+    }
+    return AtomicResult(
+        method="chargeflip", density=density, shape=shape, f=f, phases=np.angle(f),
+        origin_shift=np.asarray(origin.shift), symmetry_agreement=list(origin.agreement),
+        peaks=peaks, fom=fom, confident=confident, hand_determined=bool(centro),
+        warnings=warnings, seconds=time.perf_counter() - t0, timing=timing,
+    )

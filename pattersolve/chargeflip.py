@@ -1,0 +1,463 @@
+"""Charge flipping (Oszlanyi & Suto 2004, 2005) with Superflip-style origin location.
+
+The algorithm works in P1 on the expanded data and needs atomic resolution (d_min <~ 1.2 A):
+the density of resolved atoms is positive and sparse, so flipping the sign of every grid
+value below a small threshold ``delta`` and re-imposing the measured amplitudes converges to
+a map of atoms at an arbitrary origin.
+
+What is done here (and why):
+
+* **E values.** Amplitudes are normalised per resolution shell, ``E^2 = |F|^2 / (eps <|F|^2>)``
+  (equal-count shells in ``1/d^2``, ``eps`` the space group's epsilon factor), which sharpens
+  the atoms and makes ``delta`` transferable between data sets (Palatinus 2013 uses the same).
+  ``|E|`` is capped at :data:`~pattersolve.settings.CF_E_MAX` against outliers.
+* **F000 floats.** The flipped map decides it: ``F000`` is taken from the transform of the
+  flipped map each cycle (as in the original algorithm), never from the data.
+* **delta** defaults to :data:`~pattersolve.settings.CF_DELTA_SIGMA` times the r.m.s. of the
+  E-map (fixed by Parseval from the amplitudes), the usual 1.1-1.3 sigma rule.
+* **Weak reflections** (the :data:`~pattersolve.settings.CF_WEAK_FRACTION` smallest E, as in
+  Oszlanyi & Suto 2005) keep the modulus the flipped map gives them and have their phase
+  shifted by 90 degrees; reflections not measured are set to zero.
+* **Several random starts**, each stopped early once converged; the one with the lowest R
+  (``sum ||E| - |G|| / sum |E|`` over the strong reflections) wins. Convergence shows as a
+  sudden drop of R from its plateau; the drop is reported.
+* **Origin location** (Palatinus & Chapuis 2007, Superflip): the P1 solution sits at a random
+  origin. For every shift ``s`` on a grid twice as fine as the working grid the summed
+  correlation of ``rho(x + s)`` with ``rho(Rx + t + s)`` over the space group's operators is
+  computed by FFT cross-correlation; the maximum, refined to sub-grid precision by parabolic
+  interpolation, gives the shift that places the P1 map at the space group's origin. The
+  normalised correlation per operator is the symmetry agreement (1 = perfect).
+* **Symmetrisation** (optional) averages the shifted map over the operators.
+
+Conventions as everywhere in pattersolve: ``F(h) = sum f exp(+2 pi i h.x)``,
+``rho = fftn(F_grid).real / V``. Internally the algorithm runs on ``Q = conj(F)`` in numpy's
+``rfftn`` layout (``rho ~ irfftn(Q)``, ``Q ~ rfftn(rho)``), which halves the FFT cost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import gemmi
+import numpy as np
+
+from .errors import ExitCode, PattersolveError
+from .settings import (
+    CF_CYCLES,
+    CF_DELTA_SIGMA,
+    CF_E_MAX,
+    CF_N_SHELLS,
+    CF_STARTS,
+    CF_WEAK_FRACTION,
+)
+from .simulate import check_grid_holds, reciprocal_s2
+
+__all__ = [
+    "ChargeFlipResult",
+    "OriginResult",
+    "charge_flip",
+    "normalise_amplitudes",
+    "grid_for_chargeflip",
+    "locate_origin",
+    "shift_phases",
+    "symmetrise_map",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def normalise_amplitudes(hkl: np.ndarray, amplitude: np.ndarray, cell: gemmi.UnitCell,
+                         spacegroup: gemmi.SpaceGroup | None = None,
+                         n_shells: int = CF_N_SHELLS, e_max: float = CF_E_MAX) -> np.ndarray:
+    """Normalised structure-factor magnitudes ``|E|`` per resolution shell.
+
+    Shells hold equal numbers of reflections in ``1/d^2``; ``<|F|^2>`` is interpolated
+    linearly between shell centres so that ``|E|`` has no steps. With a space group, the
+    epsilon factor of each (P1-expanded) reflection divides ``|F|^2`` as well.
+    """
+    amplitude = np.asarray(amplitude, dtype=np.float64)
+    s2 = reciprocal_s2(cell, hkl)
+    f2 = amplitude**2
+    if spacegroup is not None:
+        eps = np.asarray(spacegroup.operations().epsilon_factor_without_centering_array(
+            np.asarray(hkl, dtype=np.int32)), dtype=np.float64)
+        eps = np.maximum(eps, 1.0)
+        f2 = f2 / eps
+    order = np.argsort(s2)
+    n_shells = int(max(1, min(n_shells, len(hkl) // 20)))
+    chunks = np.array_split(order, n_shells)
+    centres = np.array([s2[c].mean() for c in chunks])
+    means = np.array([max(f2[c].mean(), 1e-30) for c in chunks])
+    mean_at = np.interp(s2, centres, means)
+    e = np.sqrt(f2 / mean_at)
+    return np.minimum(e, e_max)
+
+
+def _grid_factors(spacegroup: gemmi.SpaceGroup | None) -> tuple[int, int, int]:
+    if spacegroup is None:
+        return (1, 1, 1)
+    f = spacegroup.operations().find_grid_factors()
+    return (int(f[0]), int(f[1]), int(f[2]))
+
+
+def _good_size(n: int, factor: int) -> int:
+    """Smallest m >= n, a multiple of ``factor`` (and of 2) with only factors 2, 3 and 5."""
+    step = int(np.lcm(factor, 2))
+    m = int(np.ceil(n / step) * step)
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += step
+
+
+def grid_for_chargeflip(cell: gemmi.UnitCell, hkl: np.ndarray,
+                        spacegroup: gemmi.SpaceGroup | None = None,
+                        sample: float = 2.5) -> tuple[int, int, int]:
+    """Grid that holds ``hkl`` (|h| < n/2), about ``d_min / sample`` spacing, FFT-friendly
+    sizes compatible with the space group's translations."""
+    hmax = np.abs(np.asarray(hkl)).max(axis=0)
+    d_min = float(1.0 / np.sqrt(reciprocal_s2(cell, hkl).max()))
+    facs = _grid_factors(spacegroup)
+    out = []
+    for m, length, fac in zip(hmax, (cell.a, cell.b, cell.c), facs, strict=True):
+        n = max(2 * int(m) + 1, int(np.ceil(length * sample / d_min)))
+        out.append(_good_size(n, fac))
+    return (out[0], out[1], out[2])
+
+
+class _HalfGrid:
+    """Scatter/gather between half-sphere reflection lists and numpy's rfftn layout."""
+
+    def __init__(self, hkl: np.ndarray, shape: Sequence[int]):
+        hkl = np.asarray(hkl, dtype=np.int64)
+        check_grid_holds(hkl, shape)
+        self.shape = tuple(int(n) for n in shape)
+        self.rshape = (self.shape[0], self.shape[1], self.shape[2] // 2 + 1)
+        n = np.asarray(self.shape)
+        # each reflection and its Friedel mate; keep the copies with l >= 0 (rfft layout)
+        both = np.concatenate([hkl, -hkl])
+        self.is_mate = np.concatenate([np.zeros(len(hkl), bool), np.ones(len(hkl), bool)])
+        self.src = np.concatenate([np.arange(len(hkl)), np.arange(len(hkl))])
+        keep = both[:, 2] >= 0
+        both, self.is_mate, self.src = both[keep], self.is_mate[keep], self.src[keep]
+        idx = both % n
+        self.flat = np.ravel_multi_index((idx[:, 0], idx[:, 1], idx[:, 2]), self.rshape)
+        # the representative (first occurrence) slot of each reflection, for gathering
+        direct = ~self.is_mate
+        gather = np.empty(len(hkl), dtype=np.int64)
+        gather_conj = np.zeros(len(hkl), dtype=bool)
+        gather[self.src[self.is_mate]] = self.flat[self.is_mate]
+        gather_conj[self.src[self.is_mate]] = True
+        gather[self.src[direct]] = self.flat[direct]
+        gather_conj[self.src[direct]] = False
+        self.gather_idx, self.gather_conj = gather, gather_conj
+
+    def scatter(self, q: np.ndarray) -> np.ndarray:
+        """Half-sphere values ``Q(h)`` -> rfft-layout grid (mates conjugated)."""
+        grid = np.zeros(int(np.prod(self.rshape)), dtype=np.complex128)
+        vals = np.where(self.is_mate, np.conj(q[self.src]), q[self.src])
+        grid[self.flat] = vals
+        return grid.reshape(self.rshape)
+
+    def gather(self, grid: np.ndarray) -> np.ndarray:
+        flat = grid.reshape(-1)[self.gather_idx]
+        return np.where(self.gather_conj, np.conj(flat), flat)
+
+
+def _f_to_map(hkl: np.ndarray, f: np.ndarray, shape: Sequence[int], volume: float,
+              f000_value: float = 0.0) -> np.ndarray:
+    """Same result as :func:`simulate.density_map`, via rfft (faster for big grids)."""
+    hg = _HalfGrid(hkl, shape)
+    q = hg.scatter(np.conj(np.asarray(f, dtype=np.complex128)))
+    q[0, 0, 0] = f000_value
+    n = float(np.prod(shape))
+    return np.fft.irfftn(q, s=hg.shape, axes=(0, 1, 2)) * n / volume
+
+
+# ---------------------------------------------------------------------------------------------
+# charge flipping
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ChargeFlipResult:
+    """Outcome of :func:`charge_flip` (P1, arbitrary origin)."""
+
+    phases: np.ndarray  # (n,) radians, for the input hkl
+    f: np.ndarray  # (n,) complex: input amplitude x solution phase
+    density: np.ndarray  # (nu, nv, nw) e/A^3 up to F000 (F000 = 0: mean zero)
+    shape: tuple[int, int, int]
+    r_factor: float  # final R on |E| of the strong reflections of the chosen start
+    r_start: float  # R on the plateau before convergence (after the first cycles)
+    converged: bool  # R dropped clearly below its plateau
+    cycles_run: int
+    start_index: int
+    delta: float  # threshold in units of the E-map r.m.s.
+    r_factors: list[float] = field(default_factory=list)  # final R of every start
+    seconds: float = 0.0
+
+
+def charge_flip(
+    hkl: np.ndarray,
+    amplitude: np.ndarray,
+    cell: gemmi.UnitCell,
+    shape: Sequence[int] | None = None,
+    *,
+    spacegroup: gemmi.SpaceGroup | None = None,
+    delta: float | None = None,
+    cycles: int = CF_CYCLES,
+    n_starts: int = CF_STARTS,
+    rng: np.random.Generator | None = None,
+    weak_fraction: float = CF_WEAK_FRACTION,
+    normalise: bool = True,
+    min_cycles: int = 100,
+    stop_after_converged: int = 150,
+) -> ChargeFlipResult:
+    """Solve phases of P1 half-sphere data by charge flipping.
+
+    Parameters
+    ----------
+    hkl
+        P1 half-sphere Miller indices ``(n, 3)``.
+    amplitude
+        ``|F|`` per reflection (>= 0).
+    cell
+        Unit cell.
+    shape
+        Working grid; default :func:`grid_for_chargeflip`.
+    spacegroup
+        Only for epsilon factors in the E normalisation and the default grid; the
+        algorithm itself runs in P1.
+    delta
+        Flipping threshold in units of the r.m.s. of the (E-)map;
+        default :data:`~pattersolve.settings.CF_DELTA_SIGMA`.
+    cycles
+        Maximum cycles per start.
+    n_starts
+        Random starts; the one with the lowest final R is kept. Starting stops early
+        once a start has converged and its R is below the plateau by a clear margin.
+    rng
+        Random generator for the starting phases.
+    weak_fraction
+        Fraction of reflections (smallest E) treated as weak (phase + 90 degrees).
+    normalise
+        Use E values (recommended) instead of the raw amplitudes.
+    min_cycles, stop_after_converged
+        A start stops ``stop_after_converged`` cycles after R first fell below 80 % of its
+        plateau, but not before ``min_cycles``.
+
+    Returns
+    -------
+    ChargeFlipResult
+    """
+    t0 = time.perf_counter()
+    hkl = np.asarray(hkl, dtype=np.int64)
+    amplitude = np.asarray(amplitude, dtype=np.float64)
+    if len(hkl) == 0 or not np.isfinite(amplitude).all():
+        raise PattersolveError("charge flipping got no (finite) amplitudes",
+                               "check the input reflections", ExitCode.DATA)
+    rng = rng if rng is not None else np.random.default_rng()
+    if shape is None:
+        shape = grid_for_chargeflip(cell, hkl, spacegroup)
+    shape = tuple(int(n) for n in shape)
+    delta_sigma = CF_DELTA_SIGMA if delta is None else float(delta)
+    e = normalise_amplitudes(hkl, amplitude, cell, spacegroup) if normalise else amplitude.copy()
+    hg = _HalfGrid(hkl, shape)
+    npts = float(np.prod(shape))
+    # r.m.s. of the map irfftn(Q) without F000, by Parseval: sum over the full sphere of |E|^2
+    rms = np.sqrt(2.0 * np.sum(e**2)) / npts
+    thr = delta_sigma * rms
+    n_weak = int(round(weak_fraction * len(e)))
+    weak = np.zeros(len(e), dtype=bool)
+    if n_weak > 0:
+        weak[np.argsort(e)[:n_weak]] = True
+    strong = ~weak
+    e_strong_sum = e[strong].sum()
+
+    best = None
+    r_all: list[float] = []
+    for start in range(n_starts):
+        q = e * np.exp(1j * rng.uniform(0, 2 * np.pi, len(e)))
+        grid = hg.scatter(q)
+        r_hist: list[float] = []
+        plateau = None
+        converged_at = None
+        for cycle in range(cycles):
+            rho = np.fft.irfftn(grid, s=shape, axes=(0, 1, 2))
+            rho = np.where(rho > thr, rho, -rho)
+            g_grid = np.fft.rfftn(rho)
+            g = hg.gather(g_grid)
+            mod = np.abs(g)
+            r = float(np.abs(e[strong] - mod[strong]).sum() / e_strong_sum)
+            r_hist.append(r)
+            phase = g / np.maximum(mod, 1e-30)
+            qn = np.where(weak, g * 1j, e * phase)
+            g000 = g_grid[0, 0, 0]
+            grid = hg.scatter(qn)
+            grid[0, 0, 0] = g000
+            q = qn
+            if cycle == 20:
+                plateau = float(np.mean(r_hist[10:21]))
+            if plateau is not None and converged_at is None and r < 0.8 * plateau:
+                converged_at = cycle
+            if (converged_at is not None and cycle >= min_cycles
+                    and cycle - converged_at >= stop_after_converged):
+                break
+        plateau = plateau if plateau is not None else r_hist[0]
+        final_r = float(np.mean(r_hist[-5:]))
+        r_all.append(final_r)
+        record = (final_r, start, q, plateau, converged_at is not None, len(r_hist))
+        if best is None or final_r < best[0]:
+            best = record
+        if converged_at is not None and n_starts > 1 and start >= 0 and final_r < 0.7 * plateau:
+            break  # a clear solution: further starts would only cost time
+    assert best is not None
+    final_r, start_index, q, plateau, converged, n_cyc = best
+    f_phase = np.conj(q) / np.maximum(np.abs(q), 1e-30)
+    f = amplitude * f_phase
+    phases = np.angle(f_phase)
+    density = _f_to_map(hkl, f, shape, cell.volume)
+    return ChargeFlipResult(
+        phases=phases, f=f, density=density, shape=shape, r_factor=final_r, r_start=plateau,
+        converged=bool(converged), cycles_run=n_cyc, start_index=start_index,
+        delta=delta_sigma, r_factors=r_all, seconds=time.perf_counter() - t0,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# origin location and symmetry check
+# ---------------------------------------------------------------------------------------------
+def _op_matrices(spacegroup: gemmi.SpaceGroup) -> list[tuple[np.ndarray, np.ndarray]]:
+    """All operators (centring included) as (R, t) in fractional coordinates."""
+    out = []
+    for op in spacegroup.operations():
+        rot = np.array(op.rot, dtype=np.float64) / op.DEN
+        tran = np.array(op.tran, dtype=np.float64) / op.DEN
+        out.append((rot, tran))
+    return out
+
+
+def _grid_indices(shape: Sequence[int]) -> np.ndarray:
+    return np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"),
+                    axis=-1).reshape(-1, 3)
+
+
+def _map_index(rot: np.ndarray, tran: np.ndarray, idx: np.ndarray, shape: np.ndarray
+               ) -> tuple[np.ndarray, ...]:
+    """Grid index of ``R x + t`` for grid points ``x = idx / shape``."""
+    frac = idx / shape
+    new = (frac @ rot.T + tran) * shape
+    out = np.rint(new).astype(np.int64)
+    if np.abs(new - out).max() > 1e-6:
+        raise PattersolveError(
+            f"grid {tuple(shape)} is not compatible with the symmetry operators",
+            "use a grid whose sizes the space group allows (grid_for_chargeflip)",
+            ExitCode.INTERNAL,
+        )
+    out %= shape
+    return out[:, 0], out[:, 1], out[:, 2]
+
+
+def symmetrise_map(rho: np.ndarray, spacegroup: gemmi.SpaceGroup) -> np.ndarray:
+    """Average ``rho(R x + t)`` over the space group's operators (grid must allow them)."""
+    shape = np.asarray(rho.shape)
+    idx = _grid_indices(rho.shape)
+    acc = np.zeros(rho.size)
+    ops = _op_matrices(spacegroup)
+    for rot, tran in ops:
+        acc += rho[_map_index(rot, tran, idx, shape)]
+    return (acc / len(ops)).reshape(rho.shape)
+
+
+def symmetry_agreement(rho: np.ndarray, spacegroup: gemmi.SpaceGroup) -> list[float]:
+    """Correlation of ``rho(x)`` with ``rho(Rx + t)`` for each non-identity operator."""
+    shape = np.asarray(rho.shape)
+    idx = _grid_indices(rho.shape)
+    a = rho.reshape(-1) - rho.mean()
+    out = []
+    for rot, tran in _op_matrices(spacegroup)[1:]:
+        b = rho[_map_index(rot, tran, idx, shape)] - rho.mean()
+        out.append(float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum())))
+    return out
+
+
+def shift_phases(hkl: np.ndarray, f: np.ndarray, shift: Sequence[float]) -> np.ndarray:
+    """Structure factors of ``rho(x + shift)``: ``F(h) exp(-2 pi i h.shift)``."""
+    return np.asarray(f) * np.exp(-2j * np.pi * (np.asarray(hkl) @ np.asarray(shift, float)))
+
+
+@dataclass
+class OriginResult:
+    """Outcome of :func:`locate_origin`."""
+
+    shift: np.ndarray  # fractional s: rho(x + s) is the located map
+    agreement: list[float]  # per non-identity operator, correlation after the shift (grid)
+    mean_agreement: float
+    f: np.ndarray  # shifted structure factors on the input hkl
+    operators: list[str]
+
+
+def _parabolic_offset(fm: float, f0: float, fp: float) -> float:
+    den = fm - 2.0 * f0 + fp
+    if den >= -1e-12 * max(abs(f0), 1e-30):
+        return 0.0  # flat (polar direction) or not a maximum
+    return float(np.clip(0.5 * (fm - fp) / den, -0.5, 0.5))
+
+
+def locate_origin(hkl: np.ndarray, f: np.ndarray, cell: gemmi.UnitCell,
+                  spacegroup: gemmi.SpaceGroup, shape: Sequence[int] | None = None,
+                  oversample: int = 2) -> OriginResult:
+    """Find the shift that makes a P1 solution agree best with the space-group symmetry.
+
+    ``C(s) = sum_ops sum_x rho(x + s) rho(R x + t + s)`` for every grid shift ``s`` through
+    one FFT cross-correlation per operator: with ``r_R(y) = rho(R y)`` and
+    ``xc(v) = sum_y rho(y) r_R(y + v)``, ``C(s) = sum_ops xc(R^-1 t + (R^-1 - 1) s)``.
+    The grid is ``oversample`` times finer than ``shape`` and the maximum is refined by
+    parabolic interpolation along each axis.
+    """
+    hkl = np.asarray(hkl, dtype=np.int64)
+    ops = _op_matrices(spacegroup)
+    names = [op.triplet() for op in spacegroup.operations()][1:]
+    if shape is None:
+        shape = grid_for_chargeflip(cell, hkl, spacegroup)
+    fine = tuple(int(n) * oversample for n in shape)
+    fine_np = np.asarray(fine)
+    rho = _f_to_map(hkl, f, fine, cell.volume)
+    if len(ops) == 1:
+        return OriginResult(shift=np.zeros(3), agreement=[], mean_agreement=1.0,
+                            f=np.asarray(f, dtype=np.complex128).copy(), operators=[])
+    idx = _grid_indices(fine)
+    rho_ft_conj = np.conj(np.fft.rfftn(rho))
+    total = np.zeros(fine, dtype=np.float64)
+    for rot, tran in ops[1:]:
+        r_r = rho[_map_index(rot, np.zeros(3), idx, fine_np)].reshape(fine)
+        xc = np.fft.irfftn(rho_ft_conj * np.fft.rfftn(r_r), s=fine, axes=(0, 1, 2))
+        rinv = np.rint(np.linalg.inv(rot)).astype(np.int64)
+        base = rinv @ tran * fine_np
+        base_i = np.rint(base).astype(np.int64)
+        if np.abs(base - base_i).max() > 1e-6:
+            raise PattersolveError(f"grid {fine} does not hold the translations of "
+                                   f"{spacegroup.xhm()}", "use grid_for_chargeflip",
+                                   ExitCode.INTERNAL)
+        v = (base_i[None, :] + idx @ (rinv - np.eye(3, dtype=np.int64)).T) % fine_np
+        total += xc[v[:, 0], v[:, 1], v[:, 2]].reshape(fine)
+    best = np.array(np.unravel_index(int(np.argmax(total)), fine))
+    offset = np.zeros(3)
+    for axis in range(3):
+        step = np.zeros(3, dtype=np.int64)
+        step[axis] = 1
+        fm = total[tuple((best - step) % fine_np)]
+        fp = total[tuple((best + step) % fine_np)]
+        offset[axis] = _parabolic_offset(fm, total[tuple(best)], fp)
+    shift = (best + offset) / fine_np
+    shift = (shift + 0.5) % 1.0 - 0.5
+    f_shift = shift_phases(hkl, f, shift)
+    rho_s = _f_to_map(hkl, f_shift, shape, cell.volume)
+    agreement = symmetry_agreement(rho_s, spacegroup)
+    return OriginResult(shift=shift, agreement=agreement,
+                        mean_agreement=float(np.mean(agreement)), f=f_shift, operators=names)
