@@ -102,7 +102,7 @@ class AtomicResult:
     timing: dict[str, float] = field(default_factory=dict)
 
 
-def _peak_model_phases(hkl: np.ndarray, peaks: Peaks, spacegroup: gemmi.SpaceGroup,
+def peak_model_f(hkl: np.ndarray, peaks: Peaks, spacegroup: gemmi.SpaceGroup,
                        weights: np.ndarray | None = None) -> np.ndarray:
     """``S(h) = sum_j w_j exp(2 pi i h.x_j)`` over all symmetry images of the peaks.
 
@@ -143,7 +143,7 @@ def _recycle(hkl: np.ndarray, e: np.ndarray, f_start: np.ndarray, cell: gemmi.Un
         if len(peaks) == 0:
             break
         weights = np.clip(peaks.height / peaks.height[0], 0.2, 1.0)
-        s = _peak_model_phases(hkl, peaks, sg, weights)
+        s = peak_model_f(hkl, peaks, sg, weights)
         e_calc = normalise_amplitudes(hkl, np.abs(s), cell, sg)
         r = _r_e(e, e_calc)
         phase = s / np.maximum(np.abs(s), 1e-30)
@@ -233,7 +233,7 @@ def solve_atomic(
             phase = origin.f / np.maximum(np.abs(origin.f), 1e-30)
             emap = symmetrise_map(_f_to_map(hkl_u, e * phase, shape, cell.volume), sg)
             pk = find_peaks(emap, cell, sg, n_max=n_peaks, min_distance=0.9)
-            s = _peak_model_phases(hkl_u, pk, sg)
+            s = peak_model_f(hkl_u, pk, sg)
             r_model = _r_e(e, normalise_amplitudes(hkl_u, np.abs(s), cell, sg))
             n_it = 0
         timing["recycle"] += time.perf_counter() - t

@@ -88,9 +88,14 @@ def _print_models() -> None:
               help="Write a machine-readable summary here.")
 @click.option("--patterson-map", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the Patterson map (header: the Patterson group).")
-@click.option("--method", type=click.Choice(["auto", "hybrid", "network", "classical"]),
+@click.option("--method", type=click.Choice(["auto", "hybrid", "network", "classical",
+                                             "chargeflip"]),
               default="auto", show_default=True,
-              help="hybrid = network + refinement; classical = refinement from random phases.")
+              help="hybrid = network + refinement; classical = refinement from random phases; "
+                   "chargeflip = charge flipping (atomic resolution); auto chooses by "
+                   "resolution and cell.")
+@click.option("--peaks", "peaks_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the strongest density peaks as atoms to this PDB file.")
 @click.option("--model", help="Model name (see --list-models) or model folder.")
 @click.option("--list-models", is_flag=True, help="List the installed models and exit.")
 @click.option("--backend", type=click.Choice(["auto", "onnx", "torch"]), default="auto",
@@ -121,6 +126,7 @@ def _print_models() -> None:
 @click.version_option(__version__, prog_name=PROGRAM)
 def pattersolve_command(input_file: Path | None, map_out: Path | None, mtz_out: Path | None,
                         json_out: Path | None, patterson_map: Path | None, method: str,
+                        peaks_out: Path | None,
                         model: str | None, list_models: bool, backend: str, device: str,
                         cycles: int, starts: int, seed: int, threads: int | None,
                         d_min: float | None, d_max: float | None, i_label: str | None,
@@ -141,7 +147,8 @@ def pattersolve_command(input_file: Path | None, map_out: Path | None, mtz_out: 
         raise PattersolveError("INPUT and -o/--output are required",
                                "run: pattersolve INPUT -o OUT.map (see --help)", ExitCode.USAGE)
     run(input_file=input_file, map_out=map_out, mtz_out=mtz_out, json_out=json_out,
-        patterson_out=patterson_map, method=method, model=model, backend=backend,
+        patterson_out=patterson_map, peaks_out=peaks_out, method=method, model=model,
+        backend=backend,
         device=device, cycles=cycles, starts=starts, seed=seed, threads=threads,
         d_min=d_min, d_max=d_max,
         labels={"i_label": i_label, "sigi_label": sigi_label, "f_label": f_label,
@@ -151,6 +158,7 @@ def pattersolve_command(input_file: Path | None, map_out: Path | None, mtz_out: 
 
 def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path | None,
         patterson_out: Path | None, method: str, model: str | None, backend: str,
+        peaks_out: Path | None = None,
         device: str, cycles: int, starts: int, seed: int, threads: int | None,
         d_min: float | None, d_max: float | None, labels: dict[str, str | None],
         cell: tuple[float, ...] | None, spacegroup: str | None, overwrite: bool
@@ -165,10 +173,12 @@ def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path
 
     t_start = time.perf_counter()
     mtz_out = mtz_out or map_out.with_suffix(".mtz")
-    outputs = [p for p in (map_out, mtz_out, json_out, patterson_out) if p is not None]
+    outputs = [p for p in (map_out, mtz_out, json_out, patterson_out, peaks_out)
+               if p is not None]
     if len({p.resolve() for p in outputs}) != len(outputs):
         raise PattersolveError("two outputs have the same path",
-                               "give distinct -o, --mtz-out, --json and --patterson-map paths",
+                               "give distinct -o, --mtz-out, --json, --patterson-map and "
+                               "--peaks paths",
                                ExitCode.USAGE)
     for p in outputs:  # fail before any work
         check_writable(p, overwrite)
@@ -199,45 +209,84 @@ def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path
         write_ccp4_map(patterson_out, pmap, refl.cell, pg, f"Patterson ({pg.hm})", overwrite)
         log.info("wrote Patterson map %s (group %s)", patterson_out, pg.hm)
 
+    from .abinitio import choose_method
+    from .domain import domain_warnings
+
     if method == "auto":
-        method = "hybrid"
+        method, reason = choose_method(refl.cell, refl.d_min, n_reflections=len(refl.hkl),
+                                       spacegroup=refl.spacegroup,
+                                       completeness=s["completeness"])
+        log.info("method: %s (%s)", method, reason)
+    else:
+        reason = "chosen with --method"
     predictor = None
+    model_meta = None
     if method in ("network", "hybrid"):
         from .runtime import Predictor, resolve_model
 
         info = resolve_model(model, (refl.cell.a, refl.cell.b, refl.cell.c))
         predictor = Predictor(info, backend=backend, device=device, threads=threads)
+        model_meta = {"cell": info.cell, "d_min": info.d_min, "name": info.name}
         log.info("model: %s (%s)", info.name, info.task)
+    warnings = domain_warnings(refl.cell, refl.d_min, len(refl.asu_hkl), refl.spacegroup,
+                               model_info=model_meta, method=method)
     refine_device = "numpy"
     if device == "cuda" or (device == "auto" and predictor is not None
                             and predictor.device == "cuda"):
         refine_device = "cuda"
 
-    from .solve import solve
+    from .solve import solve, solve_chargeflip
 
-    sol = solve(refl, shape, method, predictor=predictor, cycles=cycles, starts=starts,
-                seed=seed, device=refine_device)
+    if method == "chargeflip":
+        sol = solve_chargeflip(refl, seed=seed)
+    else:
+        sol = solve(refl, shape, method, predictor=predictor, cycles=cycles, starts=starts,
+                    seed=seed, device=refine_device)
+    warnings += sol.warnings
+    for w in warnings:
+        log.warning("warning: %s", w)
 
     # --- outputs ----------------------------------------------------------------------------
-    sg_out = refl.spacegroup if refl.spacegroup.number == 1 else None
-    phase = np.angle(sol.f)
-    hl = fom_to_hl(sol.fom, phase)
-    history = f"{method} phases from {input_file.name}"
-    if sg_out is None:
-        import gemmi
+    import gemmi
 
-        log.warning("warning: the solution is in P1; the phased MTZ is written as P1-expanded "
-                    "data (no origin location in %s yet)", refl.spacegroup.hm)
+    from .output import lookup_p1
+
+    history = f"{method} phases from {input_file.name}"
+    if refl.spacegroup.number == 1 or sol.symmetric:
+        sg_out = refl.spacegroup
+        hkl_out = refl.asu_hkl
+        f_out = lookup_p1(refl.hkl, sol.f, hkl_out)
+        fom_out = lookup_p1(refl.hkl, sol.fom, hkl_out)
+        amp_out, sig_out, free_out = refl.asu_amplitude, refl.asu_sigma, refl.asu_free
+    else:
+        msg = (f"the {method} solution is in P1 with an arbitrary origin: map and MTZ are "
+               f"written in P1 (P1-expanded data), not {refl.spacegroup.hm}")
+        log.warning("warning: %s", msg)
+        warnings.append(msg)
         sg_out = gemmi.SpaceGroup("P 1")
+        hkl_out, f_out, fom_out = refl.hkl, sol.f, sol.fom
+        amp_out, sig_out, free_out = refl.amplitude, refl.sigma, refl.free
+    hl = fom_to_hl(fom_out, np.angle(f_out))
     write_ccp4_map(map_out, sol.density, refl.cell, sg_out, history, overwrite)
-    write_phased_mtz(mtz_out, refl.mtz, refl.hkl, refl.amplitude, refl.sigma, refl.free,
-                     sol.f, sol.fom, hl, sg_out, history, overwrite)
-    log.info("wrote map %s and phased MTZ %s", map_out, mtz_out)
+    write_phased_mtz(mtz_out, refl.mtz, hkl_out, amp_out, sig_out, free_out,
+                     f_out, fom_out, hl, sg_out, history, overwrite)
+    log.info("wrote map %s and phased MTZ %s (%s)", map_out, mtz_out, sg_out.hm)
+    n_peaks = None
+    if peaks_out is not None:
+        from .peaks import find_peaks, write_peaks_pdb
+
+        peaks = sol.peaks if sol.peaks is not None else find_peaks(
+            sol.density, refl.cell, sg_out, n_max=settings.PEAKS_MAX)
+        write_peaks_pdb(peaks_out, peaks, refl.cell, sg_out, overwrite=overwrite)
+        n_peaks = len(peaks)
+        log.info("wrote %d peaks to %s", n_peaks, peaks_out)
     summary: dict[str, Any] = {
         "program": PROGRAM, "version": __version__, "input": s,
-        "method": method, "map": str(map_out), "mtz": str(mtz_out),
-        "grid": list(shape), "stages": sol.stages,
+        "method": method, "method_reason": reason, "map": str(map_out), "mtz": str(mtz_out),
+        "spacegroup_out": sg_out.hm, "grid": list(sol.shape), "stages": sol.stages,
         "mean_fom": round(float(np.mean(sol.fom)), 4),
+        "confident": sol.confident, "warnings": warnings,
+        "peaks": None if peaks_out is None else {"file": str(peaks_out), "n": n_peaks},
         "seconds": round(time.perf_counter() - t_start, 3),
     }
     if json_out is not None:

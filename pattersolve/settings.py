@@ -65,3 +65,4 @@ CF_STARTS = 4  # random starts (stops early after a clear solution)
 ATOMIC_D_MIN = 1.2  # charge flipping needs data to at least this resolution (A)
 ATOMIC_MAX_VOLUME = 20000.0  # and cells no bigger than this (A^3) for "auto"
 PEAK_MIN_DISTANCE = 0.7  # A: peaks closer than this (symmetry included) are merged
+PEAKS_MAX = 100  # --peaks: at most this many peaks (unique under the space group)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import settings
+from .refine import amplitude_residual, sigmaa_fom
 from .reflections import Reflections
 from .simulate import (
     density_map,
@@ -35,7 +36,7 @@ from .simulate import (
 
 log = logging.getLogger("pattersolve")
 
-METHODS = ("network", "classical", "hybrid")
+METHODS = ("network", "classical", "hybrid", "chargeflip")
 
 
 @dataclass
@@ -61,13 +62,10 @@ class Solution:
     shape: tuple[int, int, int]
     method: str
     stages: dict[str, Any] = field(default_factory=dict)
-
-
-def amplitude_residual(f_obs: np.ndarray, f_calc: np.ndarray) -> float:
-    """``R = sum ||Fc| k - |Fo|| / sum |Fo|`` with the least-squares scale ``k``."""
-    fc = np.abs(f_calc)
-    k = float((f_obs * fc).sum() / max((fc * fc).sum(), 1e-30))
-    return float(np.abs(k * fc - f_obs).sum() / max(f_obs.sum(), 1e-30))
+    symmetric: bool = False  # True: origin located, map obeys the crystal's space group
+    confident: bool | None = None
+    warnings: list[str] = field(default_factory=list)
+    peaks: Any = None  # pattersolve.peaks.Peaks of the solution, when the method makes them
 
 
 def model_grid(refl: Reflections, spacing: float) -> tuple[int, int, int]:
@@ -98,29 +96,6 @@ def predict(refl: Reflections, predictor: Any) -> Prediction:
                       backend=predictor.description)
 
 
-def network_fom(refl: Reflections, f_pred: np.ndarray, covered: np.ndarray,
-                n_bins: int = settings.N_RESOLUTION_BINS) -> np.ndarray:
-    """A figure of merit for phases taken from the prediction alone.
-
-    Per resolution bin, the correlation between the predicted and measured amplitudes (a
-    crude sigmaA-like agreement, clipped to [0, 0.95]); 0 where the model grid cannot hold
-    the reflection. Refinement replaces it with its own estimate.
-    """
-    fom = np.zeros(len(refl.hkl))
-    if not covered.any():
-        return fom
-    s = 1.0 / refl.d**2
-    edges = np.quantile(s[covered], np.linspace(0, 1, n_bins + 1))
-    idx = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, n_bins - 1)
-    fo, fc = refl.amplitude, np.abs(f_pred)
-    for b in range(n_bins):
-        sel = covered & (idx == b)
-        if sel.sum() < 3 or fc[sel].std() == 0 or fo[sel].std() == 0:
-            continue
-        fom[sel] = np.clip(np.corrcoef(fo[sel], fc[sel])[0, 1], 0.0, 0.95)
-    return fom
-
-
 def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
           predictor: Any | None = None, cycles: int = settings.DEFAULT_CYCLES,
           starts: int = settings.DEFAULT_STARTS, seed: int = 0,
@@ -145,7 +120,8 @@ def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
         phase = np.exp(1j * np.angle(pred.f))
         if method == "network":
             f = refl.amplitude * phase
-            fom = network_fom(refl, pred.f, pred.covered)
+            fom = np.where(pred.covered,
+                           sigmaa_fom(refl.hkl, refl.amplitude, pred.f, refl.cell), 0.0)
             f = np.where(pred.covered, f, 0)
             rho = density_map(refl.hkl, fom * f, shape, vol)
             return Solution(f=f, fom=fom, density=rho, shape=shape, method=method,
@@ -170,3 +146,27 @@ def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
     f = refl.amplitude * np.exp(1j * np.angle(res.f))
     rho = density_map(refl.hkl, res.fom * f, shape, vol)
     return Solution(f=f, fom=res.fom, density=rho, shape=shape, method=method, stages=stages)
+
+
+def solve_chargeflip(refl: Reflections, seed: int = 0) -> Solution:
+    """Charge flipping + origin location + peak recycling (atomic resolution only)."""
+    from .abinitio import peak_model_f, solve_atomic
+
+    res = solve_atomic(refl, rng=seed)
+    f = refl.amplitude * np.exp(1j * res.phases)
+    fom = sigmaa_fom(refl.hkl, refl.amplitude, peak_model_f(refl.hkl, res.peaks,
+                                                            refl.spacegroup), refl.cell)
+    rho = density_map(refl.hkl, fom * f, res.shape, refl.cell.volume)
+    stages = {"chargeflip": {
+        "origin_shift": [round(float(x), 4) for x in res.origin_shift],
+        "symmetry_agreement": [round(float(x), 3) for x in res.symmetry_agreement],
+        "confident": bool(res.confident), "hand_determined": bool(res.hand_determined),
+        "figures_of_merit": res.fom, "seconds": round(res.seconds, 3),
+    }}
+    log.info("charge flipping: origin shift %s, symmetry agreement %s, %s, %.2f s",
+             " ".join(f"{x:.3f}" for x in res.origin_shift),
+             " ".join(f"{x:.2f}" for x in res.symmetry_agreement),
+             "confident" if res.confident else "NOT confident", res.seconds)
+    return Solution(f=f, fom=fom, density=rho, shape=tuple(res.shape), method="chargeflip",
+                    stages=stages, symmetric=True, confident=bool(res.confident),
+                    warnings=list(res.warnings), peaks=res.peaks)

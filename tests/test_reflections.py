@@ -153,10 +153,10 @@ def test_p1_expansion_p212121_matches_gemmi_and_drops_absences(tmp_path):
     gabs = gemmi.SpaceGroup("P 21 21 21").operations().systematic_absences(gh.astype(np.int32))
     gh, gv = gh[~gabs], gv[~gabs]
     gh = np.where(is_half_sphere(gh)[:, None], gh, -gh)
-    table = {tuple(h): v for h, v in zip(gh.tolist(), gv)}
+    table = {tuple(h): v for h, v in zip(gh.tolist(), gv, strict=True)}
     assert len(table) == len(r.hkl)
     assert all(table[tuple(h)] == pytest.approx(v, rel=1e-6)
-               for h, v in zip(r.hkl.tolist(), r.amplitude))
+               for h, v in zip(r.hkl.tolist(), r.amplitude, strict=True))
 
 
 @pytest.mark.parametrize("name", ["P 31 2 1", "C 1 2 1", "I 41"])
@@ -172,7 +172,8 @@ def test_expansion_other_groups(name):
     ph, (pv,) = expand_to_p1_half(hkl, [vals], sg)
     assert is_half_sphere(ph).all()
     assert len(np.unique(ph, axis=0)) == len(ph)
-    for h, v in zip(ph[:200], pv[:200]):  # every P1 index maps back to its unique reflection
+    # every P1 index maps back to its unique reflection
+    for h, v in zip(ph[:200], pv[:200], strict=True):
         back = [i for i, k in enumerate(hkl)
                 if any((np.array(op.apply_to_hkl([int(x) for x in k])) == s * h).all()
                        for op in sg.operations().sym_ops for s in (1, -1))]
