@@ -10,8 +10,6 @@ CRYST1 record, atomically.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import gemmi
 import numpy as np
 
 from .errors import ExitCode, PattersolveError
+from .output import write_atomic
 from .settings import PEAK_MIN_DISTANCE
 
 __all__ = ["Peaks", "find_peaks", "write_peaks_pdb", "symmetry_images", "min_distances"]
@@ -156,10 +155,6 @@ def write_peaks_pdb(path: str | Path, peaks: Peaks, cell: gemmi.UnitCell,
     The B-factor column holds the peak height in r.m.s. units (capped at 999.99), the
     occupancy 1.00. Written to a temporary file beside ``path`` and renamed (atomic).
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise PattersolveError(f"{path} exists", "remove it or pass --overwrite",
-                               ExitCode.OUTPUT)
     st = gemmi.Structure()
     st.cell = cell
     st.spacegroup_hm = spacegroup.xhm() if spacegroup is not None else "P 1"
@@ -182,18 +177,4 @@ def write_peaks_pdb(path: str | Path, peaks: Peaks, cell: gemmi.UnitCell,
     model.add_chain(chain)
     st.add_model(model)
     st.setup_entities()
-    try:
-        directory = path.parent if str(path.parent) else Path(".")
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=directory)
-        os.close(fd)
-        try:
-            st.write_pdb(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError as exc:
-        raise PattersolveError(f"cannot write {path} ({exc})",
-                               "check that the directory exists and is writable",
-                               ExitCode.OUTPUT) from exc
-    return path
+    return write_atomic(path, st.write_pdb, overwrite)

@@ -77,7 +77,19 @@ class Reflections:
     asu_sigma: np.ndarray | None
     asu_free: np.ndarray | None
     summary: dict[str, Any]
-    mtz: gemmi.Mtz
+    mtz: gemmi.Mtz | None
+
+    @classmethod
+    def from_arrays(cls, cell: gemmi.UnitCell, hkl: np.ndarray, amplitude: np.ndarray,
+                    sigma: np.ndarray | None = None) -> Reflections:
+        """P1 data held in memory (simulations, benchmarks): half-sphere ``hkl``, ``|F|``."""
+        hkl = np.asarray(hkl, dtype=np.int64)
+        amplitude = np.asarray(amplitude, dtype=np.float64)
+        d = d_spacings(cell, hkl)
+        return cls(cell=cell, spacegroup=gemmi.SpaceGroup("P 1"), hkl=hkl,
+                   intensity=amplitude**2, amplitude=amplitude, sigma=sigma, free=None, d=d,
+                   asu_hkl=hkl, asu_amplitude=amplitude, asu_sigma=sigma, asu_free=None,
+                   summary={"format": "arrays", "reflections_p1": len(hkl)}, mtz=None)
 
     @property
     def d_min(self) -> float:

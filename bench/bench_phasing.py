@@ -1,0 +1,219 @@
+"""The honest benchmark: four methods side by side on test-split fragments, per regime.
+
+Methods: the network alone, the classical method alone (RAAR + shrink-wrap + ER from random
+phases, support from the Patterson), network + refinement (hybrid), and random phases (the
+floor). Each map is scored by pattersolve.phasematch after the best origin shift and hand.
+
+Regimes (PHASING_NOTES.md and the benchmark issue):
+  1b       Ala-Ala dipeptides, 10 A cube, 1.5 A, exact amplitudes (the paper's setup 1b)
+  2        all amino acids, dipeptides, 12 A cube, 1.5 A (the paper's setup 2)
+  2-noise  setup 2 with 10 % Gaussian amplitude noise
+  2-lowres setup 2 with every reflection below 5 A resolution (d > 5 A) missing
+  hard     tripeptides, random orientation, orthorhombic P1 cell = extent + 2.5 A, 2.5 A data
+  hard-noise  the same with 10 % amplitude noise
+
+Fragments come from the test split of shards made by `pattersolve-train prepare` (made here,
+limited to a few test entries, when missing). A regime without a matching shipped model is
+scored without the network rows (reported as "no model"), never with an out-of-domain one.
+
+    python bench/bench_phasing.py [--n 30] [--regimes 1b,2,hard] [--json out.json] [--plot out.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pattersolve.phasematch import match_phases, random_phase_floor
+from pattersolve.reflections import Reflections
+from pattersolve.simulate import d_spacings, random_rotation
+from pattersolve.solve import solve
+from pattersolve.synthetic import simulate_fragment
+
+REPO = Path(__file__).resolve().parents[1]
+SHARDS = REPO / "data" / "shards"
+
+
+@dataclass(frozen=True)
+class Regime:
+    name: str
+    shards: str  # folder under data/shards
+    dialanine: bool
+    length: int
+    cell: float | None  # cube edge, or None for packed cells
+    padding: float | None
+    d_min: float
+    rotate: bool
+    noise: float = 0.0
+    drop_below: float | None = None  # drop reflections with d > this
+    model: str | None = None
+
+
+REGIMES = {
+    "1b": Regime("1b", "bench-alaala", True, 2, 10.0, None, 1.5, False, model="alaala-10A"),
+    "2": Regime("2", "bench-all2", False, 2, 12.0, None, 1.5, False, model="all-12A"),
+    "2-noise": Regime("2-noise", "bench-all2", False, 2, 12.0, None, 1.5, False, noise=0.10,
+                      model="all-12A"),
+    "2-lowres": Regime("2-lowres", "bench-all2", False, 2, 12.0, None, 1.5, False,
+                       drop_below=5.0, model="all-12A"),
+    "hard": Regime("hard", "bench-tri", False, 3, None, 2.5, 2.5, True, model="hard-tri"),
+    "hard-noise": Regime("hard-noise", "bench-tri", False, 3, None, 2.5, 2.5, True, noise=0.10,
+                         model="hard-tri"),
+}
+
+
+def fragments(regime: Regime, n: int, seed: int) -> list:
+    """``n`` test-split fragments, a seeded random subset spread over entries."""
+    from pattersolve_train.prepare import PrepareOptions, prepare
+    from pattersolve_train.shards import load_split
+
+    out = SHARDS / regime.shards
+    if not (out / "manifest.json").is_file():
+        opts = PrepareOptions(length=regime.length, dialanine=regime.dialanine,
+                              max_per_entry=8, max_entries=40)
+        prepare(None, out, opts, progress=False)
+    frags = load_split(out, "test")
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(frags))[:n]
+    return [frags[i] for i in sorted(idx)]
+
+
+def make_data(regime: Regime, frag, rng: np.random.Generator):
+    rot = random_rotation(rng) if regime.rotate else None
+    sim = simulate_fragment(frag.elements, frag.xyz, regime.d_min,
+                            cell_lengths=None if regime.padding else (regime.cell,) * 3,
+                            padding=regime.padding, b_iso=15.0, rotation=rot)
+    amp = np.abs(sim.f)
+    if regime.noise:
+        amp = np.abs(amp * (1 + regime.noise * rng.standard_normal(len(amp))))
+    keep = np.ones(len(amp), bool)
+    if regime.drop_below is not None:
+        keep = d_spacings(sim.placement.cell, sim.hkl) <= regime.drop_below
+    sigma = np.maximum(regime.noise, 0.02) * amp + 1e-3 * amp.max()
+    refl = Reflections.from_arrays(sim.placement.cell, sim.hkl[keep], amp[keep], sigma[keep])
+    return refl, sim.f[keep]
+
+
+def cell_grid(refl: Reflections) -> tuple[int, int, int]:
+    from pattersolve.patterson import cell_grid_shape
+
+    return cell_grid_shape(refl.cell, refl.spacegroup, refl.hkl, refl.d_min)
+
+
+def run_regime(regime: Regime, n: int, seed: int, starts: int, cycles: int) -> dict:
+    from pattersolve.runtime import Predictor, list_models
+
+    models = {m.name: m for m in list_models()}
+    predictor = None
+    if regime.model in models:
+        predictor = Predictor(models[regime.model], backend="auto", device="cpu", threads=1)
+    methods = ["random", "classical"] + (["network", "hybrid"] if predictor else [])
+    rows: dict[str, list[dict]] = {m: [] for m in methods}
+    rng = np.random.default_rng(seed)
+    frags = fragments(regime, n, seed)
+    for k, frag in enumerate(frags):
+        refl, f_true = make_data(regime, frag, rng)
+        shape = cell_grid(refl)
+        for method in methods:
+            t0 = time.perf_counter()
+            if method == "random":
+                m = random_phase_floor(refl.hkl, f_true, refl.cell, rng=np.random.default_rng(k))
+            else:
+                sol = solve(refl, shape, method, predictor=predictor, cycles=cycles,
+                            starts=starts, seed=k)
+                m = match_phases(refl.hkl, f_true, sol.f, refl.cell)
+            rows[method].append({"weighted": m.weighted_error, "unweighted": m.unweighted_error,
+                                 "cc": m.map_cc, "seconds": time.perf_counter() - t0,
+                                 "source": frag.source})
+    summary = {}
+    for method, rs in rows.items():
+        w = np.array([r["weighted"] for r in rs])
+        summary[method] = {
+            "n": len(rs),
+            "median_cc": float(np.median([r["cc"] for r in rs])),
+            "median_weighted": float(np.median(w)),
+            "median_unweighted": float(np.median([r["unweighted"] for r in rs])),
+            "under_15": float((w < 15).mean()), "under_30": float((w < 30).mean()),
+            "under_60": float((w < 60).mean()),
+            "seconds": float(statistics.median([r["seconds"] for r in rs])),
+        }
+    return {"regime": regime.__dict__, "model": regime.model if predictor else None,
+            "summary": summary, "maps": rows}
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| regime | method | median CC | median err w / unw (deg) | < 15 | < 30 | < 60 "
+             "| s/map |", "|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        name = res["regime"]["name"]
+        for method in ("network", "classical", "hybrid", "random"):
+            s = res["summary"].get(method)
+            if s is None:
+                lines.append(f"| {name} | {method} | no model for this regime | | | | | |")
+                continue
+            lines.append(f"| {name} | {method} | {s['median_cc']:.3f} | "
+                         f"{s['median_weighted']:.1f} / {s['median_unweighted']:.1f} | "
+                         f"{s['under_15']:.2f} | {s['under_30']:.2f} | {s['under_60']:.2f} | "
+                         f"{s['seconds']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = ["network", "classical", "hybrid", "random"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    x = np.arange(len(results))
+    for j, key in enumerate(("under_30", "under_15")):
+        ax = axes[j]
+        for i, method in enumerate(methods):
+            vals = [r["summary"].get(method, {}).get(key, np.nan) for r in results]
+            ax.bar(x + (i - 1.5) * 0.2, vals, 0.2, label=method)
+        ax.set_xticks(x, [r["regime"]["name"] for r in results])
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"fraction of maps with phase error {key.replace('under_', '< ')} deg")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=30, help="maps per regime")
+    ap.add_argument("--regimes", default="1b,2,2-noise,2-lowres,hard,hard-noise")
+    ap.add_argument("--starts", type=int, default=4)
+    ap.add_argument("--cycles", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--plot")
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    results = []
+    for name in args.regimes.split(","):
+        t0 = time.perf_counter()
+        results.append(run_regime(REGIMES[name], args.n, args.seed, args.starts, args.cycles))
+        print(f"# {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
+          f"{platform.python_version()}; {dt.date.today().isoformat()}; {args.n} test-split "
+          f"maps per regime, {args.starts} starts x {args.cycles} cycles, seed {args.seed}\n")
+    print(table(results))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=1))
+    if args.plot:
+        plot(results, args.plot)
+
+
+if __name__ == "__main__":
+    main()
