@@ -54,6 +54,9 @@ REFINE_BLUR_START = 1.5  # Gaussian blur (A, sigma) of the first support update
 REFINE_BLUR_END = 0.8  # ... and of the last
 REFINE_PATTERSON_THRESHOLD = 0.05  # Patterson support: above this fraction of its maximum
 REFINE_SIGMA_K = 1.0  # measured amplitudes are met to within k * sigma
+#: Self-consistent F000 updates stay within these multiples of the Patterson estimate (the
+#: estimate is inflated by noise and missing reflections, rarely too low).
+REFINE_F000_RANGE = (0.5, 1.1)
 
 # --- charge flipping / ab initio (pattersolve.chargeflip, pattersolve.abinitio) ----------
 CF_DELTA_SIGMA = 1.3  # flipping threshold, units of the E-map r.m.s. (best on real data)

@@ -1,0 +1,587 @@
+"""Projection phase refinement against measured amplitudes (RAAR + shrink-wrap + ER).
+
+The iterate is a density ``x`` on the full P1 grid. Two projections alternate:
+
+* amplitude projection ``P_M``: inside the data's resolution sphere, measured reflections
+  get the measured amplitude (with ``sigma``: the nearest amplitude within
+  ``k * sigma`` of ``Fobs``, ``k =`` :data:`~pattersolve.settings.REFINE_SIGMA_K`) and keep
+  their current phase; unmeasured reflections inside the sphere are left as they are (the
+  real-space constraints fill them); everything beyond the sphere is set to 0; ``F(000)`` is
+  fixed (estimated from the Patterson with :func:`pattersolve.simulate.estimate_f000_sq`
+  unless given).
+* support projection ``P_S``: zero outside a support, and positivity inside.
+
+RAAR (``x <- beta/2 (R_S R_M + I) x + (1 - beta) P_M x``, ``beta ~ 0.9``) runs with
+shrink-wrap (every :data:`~pattersolve.settings.REFINE_SHRINKWRAP_EVERY` iterations the
+support is re-estimated from the Gaussian-blurred current density, blur shrinking from
+:data:`~pattersolve.settings.REFINE_BLUR_START` to ``..._END`` A), followed by
+:data:`~pattersolve.settings.REFINE_ER_CYCLES` iterations of error reduction
+(``x <- P_S P_M x``). Among several starts the one with the lowest amplitude residual
+``R = sum | |Fo| - k |Fc| | / sum |Fo|`` (``k`` a least-squares scale, ``Fc`` from the
+constrained density) is kept; this needs no truth.
+
+* Classical mode (no ``start_density``): the first support is the thresholded full Patterson
+  map (it contains a shifted copy of the molecule; "half the autocorrelation" fails in small
+  cells, see PHASING_NOTES.md) and each start has random phases.
+* Hybrid mode (``start_density``, e.g. a network prediction in [-1, 1]): the starting phases
+  come from the prediction and the support from its blurred positive part; starts after the
+  first add random phase noise. The unrefined prediction is itself a candidate, so a good
+  start is never replaced by a refined one with a higher residual.
+
+Figure of merit (documented choice): a sigmaA-like estimate needing no truth. In resolution
+bins of equal count the normalised amplitudes ``Eo``, ``Ec`` (observed, and of the chosen
+model) give ``sigmaA^2 = corr(Eo^2, Ec^2)`` (clipped to [0.0025, 0.98]); then
+``m = I1(X) / I0(X)`` with ``X = 2 sigmaA Eo Ec / (1 - sigmaA^2)`` (acentric).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import gemmi
+import numpy as np
+
+from .errors import ExitCode, PattersolveError
+from .phases import bessel_ratio, phases_from_density
+from .settings import (
+    DEFAULT_CYCLES,
+    DEFAULT_STARTS,
+    RAAR_BETA,
+    REFINE_BLUR_END,
+    REFINE_BLUR_START,
+    REFINE_ER_CYCLES,
+    REFINE_F000_RANGE,
+    REFINE_PATTERSON_THRESHOLD,
+    REFINE_SHRINKWRAP_EVERY,
+    REFINE_SHRINKWRAP_THRESHOLD,
+    REFINE_SIGMA_K,
+)
+from .simulate import (
+    check_grid_holds,
+    d_spacings,
+    density_map,
+    estimate_f000_sq,
+    patterson_map,
+    reciprocal_s2,
+)
+
+#: Phase noise (degrees, standard deviation) added to the prediction's phases per extra
+#: hybrid start: start i gets ``i * HYBRID_NOISE_DEG`` (capped at 90).
+HYBRID_NOISE_DEG = 25.0
+#: Blur (A) applied to a prediction before thresholding it into a support.
+HYBRID_SUPPORT_BLUR = 1.0
+#: Minimum number of reflections per sigmaA bin.
+FOM_MIN_PER_BIN = 40
+
+
+@dataclass
+class RefineResult:
+    """Output of :func:`refine_phases`.
+
+    Attributes
+    ----------
+    f
+        complex ``(n,)`` refined F on the input ``hkl``: measured amplitude x refined phase
+        (the model's own ``k |Fc|`` where the amplitude is missing).
+    fom
+        ``(n,)`` figure of merit in ``[0, 1]`` (sigmaA-like, see the module docstring).
+    density
+        Final density on ``shape`` (float64, e/A^3): the map of ``f`` with ``F000``.
+    residual_start
+        Amplitude residual of the starting model of the chosen start (the prediction in hybrid
+        mode; the support-projected random-phase map in classical mode).
+    residual_final
+        Amplitude residual of the chosen result.
+    f000
+        ``F(000)`` used.
+    starts
+        Per start: ``{"residual": float, "residual_start": float, "seconds": float}``.
+    seconds
+        Wall time of the whole call.
+    chosen
+        Index of the chosen start; ``-1`` means the unrefined starting model won.
+    mode
+        ``"classical"`` or ``"hybrid"``.
+    """
+
+    f: np.ndarray
+    fom: np.ndarray
+    density: np.ndarray
+    residual_start: float
+    residual_final: float
+    f000: float
+    starts: list[dict]
+    seconds: float
+    chosen: int = 0
+    mode: str = "classical"
+    extra: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# array backends: numpy, or torch (CPU/GPU) for a batch of starts
+# ---------------------------------------------------------------------------------------------
+class _NumpyBackend:
+    name = "numpy"
+
+    def asarray(self, a: np.ndarray, complex_: bool = False) -> Any:
+        return np.asarray(a, dtype=np.complex128 if complex_ else np.float64)
+
+    def asbool(self, a: np.ndarray) -> Any:
+        return np.asarray(a, dtype=bool)
+
+    def rfftn(self, x: Any) -> Any:
+        return np.fft.rfftn(x, axes=(-3, -2, -1))
+
+    def irfftn(self, g: Any, shape: tuple[int, int, int]) -> Any:
+        return np.fft.irfftn(g, s=shape, axes=(-3, -2, -1))
+
+    def where(self, cond: Any, a: Any, b: Any) -> Any:
+        return np.where(cond, a, b)
+
+    def max3(self, x: Any) -> Any:
+        return x.max(axis=(-3, -2, -1), keepdims=True)
+
+    def sum3(self, x: Any) -> Any:
+        return x.sum(axis=(-3, -2, -1), keepdims=True)
+
+    def exp(self, x: Any) -> Any:
+        return np.exp(x)
+
+    def clip(self, x: Any, lo: Any, hi: Any) -> Any:
+        return np.minimum(np.maximum(x, lo), hi)
+
+    def numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+
+class _TorchBackend:
+    name = "torch"
+
+    def __init__(self, device: str) -> None:
+        try:
+            import torch
+        except ImportError as exc:  # pragma: no cover - torch is a dependency
+            raise PattersolveError("torch is not installed", "pip install torch or use "
+                                   "device='numpy'", ExitCode.BACKEND) from exc
+        self.torch = torch
+        if device in ("torch", "cpu"):
+            device = "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise PattersolveError("CUDA was requested but torch sees no GPU",
+                                   "use device='numpy' or 'torch' (CPU)", ExitCode.BACKEND)
+        self.device = torch.device(device)
+        self.real = torch.float64 if self.device.type == "cpu" else torch.float32
+        self.cplx = torch.complex128 if self.device.type == "cpu" else torch.complex64
+
+    def asarray(self, a: np.ndarray, complex_: bool = False) -> Any:
+        return self.torch.as_tensor(np.asarray(a), device=self.device,
+                                    dtype=self.cplx if complex_ else self.real)
+
+    def asbool(self, a: np.ndarray) -> Any:
+        return self.torch.as_tensor(np.asarray(a, dtype=bool), device=self.device)
+
+    def rfftn(self, x: Any) -> Any:
+        return self.torch.fft.rfftn(x, dim=(-3, -2, -1))
+
+    def irfftn(self, g: Any, shape: tuple[int, int, int]) -> Any:
+        return self.torch.fft.irfftn(g, s=shape, dim=(-3, -2, -1))
+
+    def where(self, cond: Any, a: Any, b: Any) -> Any:
+        torch = self.torch
+        if not isinstance(b, torch.Tensor):
+            b = torch.as_tensor(b, dtype=a.dtype, device=a.device)
+        if not isinstance(a, torch.Tensor):
+            a = torch.as_tensor(a, dtype=b.dtype, device=b.device)
+        return torch.where(cond, a, b)
+
+    def max3(self, x: Any) -> Any:
+        return x.amax(dim=(-3, -2, -1), keepdim=True)
+
+    def sum3(self, x: Any) -> Any:
+        return x.sum(dim=(-3, -2, -1), keepdim=True)
+
+    def exp(self, x: Any) -> Any:
+        return self.torch.exp(x)
+
+    def clip(self, x: Any, lo: Any, hi: Any) -> Any:
+        return self.torch.clamp(x, min=lo, max=hi)
+
+    def numpy(self, x: Any) -> np.ndarray:
+        return x.detach().cpu().numpy().astype(
+            np.complex128 if x.is_complex() else np.float64)
+
+
+def _backend(device: str) -> _NumpyBackend | _TorchBackend:
+    if device == "numpy":
+        return _NumpyBackend()
+    if device in ("torch", "cpu") or device.startswith("cuda"):
+        return _TorchBackend(device)
+    raise PattersolveError(f"unknown refinement device {device!r}",
+                           "use 'numpy', 'torch' (CPU) or 'cuda'", ExitCode.BACKEND)
+
+
+# ---------------------------------------------------------------------------------------------
+# reciprocal-space bookkeeping on the rfft half grid
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _Problem:
+    shape: tuple[int, int, int]
+    volume: float
+    meas: np.ndarray  # bool, half grid: measured
+    free: np.ndarray  # bool, half grid: inside the sphere, unmeasured
+    target: np.ndarray  # |G| of measured (G = rfftn(rho) = N/V conj(F))
+    tol: np.ndarray  # allowed |G| deviation (k sigma, in G units)
+    g000: float
+    s2: np.ndarray  # 1/d^2 on the half grid
+    idx: tuple[np.ndarray, np.ndarray, np.ndarray]  # half-grid position of each input hkl
+    conj: np.ndarray  # True where the input hkl sits there as its Friedel mate
+
+
+def _half_grid_index(hkl: np.ndarray, shape: tuple[int, int, int]
+                     ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """Position of each ``hkl`` on the rfft half grid (last index >= 0) and whether mated."""
+    flip = hkl[:, 2] < 0
+    h = np.where(flip[:, None], -hkl, hkl)
+    n = np.asarray(shape)
+    return (h[:, 0] % n[0], h[:, 1] % n[1], h[:, 2]), flip
+
+
+def _setup(hkl: np.ndarray, amplitude: np.ndarray, sigma: np.ndarray | None,
+           cell: gemmi.UnitCell, shape: tuple[int, int, int], f000: float) -> _Problem:
+    nu, nv, nw = shape
+    half = (nu, nv, nw // 2 + 1)
+    volume = float(cell.volume)
+    scale = float(nu * nv * nw) / volume  # |G| = N/V |F|
+    measured = np.isfinite(amplitude) & (amplitude >= 0)
+    if sigma is not None:
+        measured &= np.isfinite(sigma)
+    idx, flip = _half_grid_index(hkl, shape)
+    # Miller index of every half-grid point
+    fu = np.fft.fftfreq(nu, 1.0 / nu).round().astype(np.int64)
+    fv = np.fft.fftfreq(nv, 1.0 / nv).round().astype(np.int64)
+    fw = np.arange(nw // 2 + 1, dtype=np.int64)
+    grid_hkl = np.stack(np.meshgrid(fu, fv, fw, indexing="ij"), -1).reshape(-1, 3)
+    s2 = reciprocal_s2(cell, grid_hkl).reshape(half)
+    d_min = float(d_spacings(cell, hkl[measured]).min())
+    nyquist = ((2 * np.abs(grid_hkl) >= np.asarray(shape)).any(axis=1)).reshape(half)
+    inside = (s2 <= 1.0 / (d_min - 1e-6) ** 2) & ~nyquist
+    inside[0, 0, 0] = False
+    meas = np.zeros(half, dtype=bool)
+    target = np.zeros(half)
+    tol = np.zeros(half)
+    amp_m = np.where(measured, amplitude, 0.0)
+    tol_m = np.zeros_like(amp_m) if sigma is None else np.where(
+        measured, REFINE_SIGMA_K * np.nan_to_num(sigma), 0.0)
+    for pos in (idx, (((-hkl[:, 0]) % nu), ((-hkl[:, 1]) % nv), np.zeros(len(hkl), int))):
+        sel = measured.copy()
+        if pos is not idx:  # l = 0 plane: the Friedel mate is on the half grid too
+            sel &= hkl[:, 2] == 0
+        p = tuple(a[sel] for a in pos)
+        meas[p] = True
+        target[p] = amp_m[sel] * scale
+        tol[p] = tol_m[sel] * scale
+    meas &= inside
+    free = inside & ~meas
+    return _Problem(shape=shape, volume=volume, meas=meas, free=free, target=target, tol=tol,
+                    g000=f000 * scale, s2=s2, idx=idx, conj=flip)
+
+
+# ---------------------------------------------------------------------------------------------
+# the iteration (backend-generic, batched over starts)
+# ---------------------------------------------------------------------------------------------
+class _Engine:
+    def __init__(self, prob: _Problem, bk: _NumpyBackend | _TorchBackend, beta: float,
+                 adapt_f000: bool) -> None:
+        self.prob = prob
+        self.bk = bk
+        self.beta = beta
+        self.adapt_f000 = adapt_f000
+        self.g000: Any = prob.g000
+        self.meas = bk.asbool(prob.meas)
+        self.free = bk.asbool(prob.free)
+        self.target = bk.asarray(prob.target)
+        self.lo = bk.asarray(np.maximum(prob.target - prob.tol, 0.0))
+        self.hi = bk.asarray(prob.target + prob.tol)
+        self.use_tol = bool(np.any(prob.tol > 0))
+        self.s2 = bk.asarray(prob.s2)
+        self.origin = np.zeros(prob.meas.shape, dtype=bool)
+        self.origin[0, 0, 0] = True
+        self.origin = bk.asbool(self.origin)
+
+    def project_amplitudes(self, x: Any) -> Any:
+        bk = self.bk
+        g = bk.rfftn(x)
+        mag = abs(g)
+        new = bk.clip(mag, self.lo, self.hi) if self.use_tol else self.target
+        tiny = mag <= 1e-30
+        # measured: new amplitude, current phase (phase 0 where the current F vanishes)
+        moved = bk.where(tiny, new + 0.0 * g, g * (new / bk.where(tiny, 1.0, mag)))
+        g = bk.where(self.meas, moved, bk.where(self.free, g, 0.0))
+        g = bk.where(self.origin, self.g000, g)
+        return bk.irfftn(g, self.prob.shape)
+
+    def project_support(self, x: Any, support: Any) -> Any:
+        return self.bk.where(support & (x > 0), x, 0.0)
+
+    def blur(self, x: Any, sigma_a: float) -> Any:
+        bk = self.bk
+        kernel = (-2.0 * np.pi**2 * sigma_a**2) * self.s2
+        return bk.irfftn(bk.rfftn(x) * bk.exp(kernel), self.prob.shape)
+
+    def shrinkwrap(self, x: Any, sigma_a: float, threshold: float) -> Any:
+        blurred = self.blur(x, sigma_a)
+        return blurred > threshold * self.bk.max3(blurred)
+
+    def run(self, x: Any, support: Any, cycles: int, er_cycles: int) -> tuple[Any, Any, Any]:
+        """RAAR with shrink-wrap, then ER.
+
+        Returns the constrained density, the support and ``F000`` per start (in ``G`` units:
+        ``sum(rho)``). With ``adapt_f000`` each support update also sets ``F000`` to the
+        integral of the support-projected density: an excess ``c`` per voxel shrinks to
+        ``c * support_fraction``, so a Patterson estimate inflated by noise or missing
+        reflections converges to the self-consistent value. The update is confined to
+        ``REFINE_F000_RANGE`` times the starting estimate: in a densely packed cell the
+        support fraction nears 1, the map is no contraction, and an unbounded ``F000`` runs
+        away (the support then fills the cell and the residual becomes meaningless).
+        """
+        beta = self.beta
+        self.g000 = self.prob.g000 + 0.0 * self.bk.sum3(x)  # one F000 per start
+        n_updates = max(1, cycles // REFINE_SHRINKWRAP_EVERY)
+        update = 0
+        for it in range(cycles):
+            p = self.project_amplitudes(x)
+            y = 2.0 * p - x
+            ok = support & (y > 0)
+            x = self.bk.where(ok, p, beta * x + (1.0 - 2.0 * beta) * p)
+            if (it + 1) % REFINE_SHRINKWRAP_EVERY == 0 and it + 1 < cycles:
+                frac = update / max(1, n_updates - 1)
+                sig = REFINE_BLUR_START + (REFINE_BLUR_END - REFINE_BLUR_START) * frac
+                constrained = self.project_support(p, support)
+                if self.adapt_f000:
+                    self.g000 = self.bk.clip(self.bk.sum3(constrained),
+                                             REFINE_F000_RANGE[0] * self.prob.g000,
+                                             REFINE_F000_RANGE[1] * self.prob.g000)
+                support = self.shrinkwrap(constrained, sig, REFINE_SHRINKWRAP_THRESHOLD)
+                update += 1
+        x = self.project_support(x, support) if cycles == 0 else \
+            self.project_support(self.project_amplitudes(x), support)
+        for _ in range(er_cycles):
+            x = self.project_support(self.project_amplitudes(x), support)
+        return x, support, self.g000
+
+
+# ---------------------------------------------------------------------------------------------
+# residuals and figures of merit
+# ---------------------------------------------------------------------------------------------
+def amplitude_residual(f_obs: np.ndarray, f_calc: np.ndarray) -> float:
+    """``R = sum | |Fo| - k |Fc| | / sum |Fo|`` with ``k`` the least-squares scale."""
+    fo = np.abs(np.asarray(f_obs, dtype=np.complex128))
+    fc = np.abs(np.asarray(f_calc, dtype=np.complex128))
+    ok = np.isfinite(fo) & np.isfinite(fc)
+    fo, fc = fo[ok], fc[ok]
+    den = float((fc * fc).sum())
+    k = float((fo * fc).sum()) / den if den > 0 else 0.0
+    return float(np.abs(fo - k * fc).sum() / max(fo.sum(), 1e-30))
+
+
+def sigmaa_fom(hkl: np.ndarray, f_obs: np.ndarray, f_calc: np.ndarray, cell: gemmi.UnitCell,
+               min_per_bin: int = FOM_MIN_PER_BIN) -> np.ndarray:
+    """SigmaA-like figure of merit per reflection (see the module docstring).
+
+    Reflections with a missing ``f_obs`` get the value computed with ``Eo = Ec``.
+    """
+    fo = np.abs(np.asarray(f_obs, dtype=np.float64))
+    fc = np.abs(np.asarray(f_calc, dtype=np.complex128))
+    d = d_spacings(cell, hkl)
+    order = np.argsort(-d)
+    n_bins = max(1, len(order) // max(1, min_per_bin))
+    fom = np.zeros(len(fo))
+    for chunk in np.array_split(order, n_bins):
+        o, c = fo[chunk], fc[chunk]
+        ok = np.isfinite(o)
+        if ok.sum() < 3 or (c * c).sum() <= 0:
+            fom[chunk] = 0.0
+            continue
+        eo = o / np.sqrt(np.mean(o[ok] ** 2))
+        ec = c / np.sqrt(np.mean(c**2))
+        cc = np.corrcoef(eo[ok] ** 2, ec[ok] ** 2)[0, 1]
+        sa2 = float(np.clip(np.nan_to_num(cc), 0.0025, 0.98))
+        eo = np.where(ok, eo, ec)
+        x = 2.0 * np.sqrt(sa2) * eo * ec / (1.0 - sa2)
+        fom[chunk] = bessel_ratio(x)
+    return fom
+
+
+# ---------------------------------------------------------------------------------------------
+# the public entry point
+# ---------------------------------------------------------------------------------------------
+def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def _grid_values(g: np.ndarray, prob: _Problem, volume: float, shape: tuple[int, int, int]
+                 ) -> np.ndarray:
+    """``F`` on the input hkl from a half-grid ``G = rfftn(rho)`` (``F = V/N conj(G)``)."""
+    vals = g[(slice(None), *prob.idx)] if g.ndim == 4 else g[prob.idx]
+    vals = np.where(prob.conj, vals, np.conj(vals))
+    return vals * volume / float(np.prod(shape))
+
+
+def _patterson_support(hkl: np.ndarray, amp: np.ndarray, shape: tuple[int, int, int],
+                       volume: float, f000: float) -> np.ndarray:
+    pat = patterson_map(hkl, amp**2, shape, volume, f000**2)
+    return pat > REFINE_PATTERSON_THRESHOLD * pat.max()
+
+
+def _prediction_support(pred: np.ndarray, engine: _Engine) -> np.ndarray:
+    p = pred - np.median(pred)
+    bk = engine.bk
+    blurred = bk.numpy(engine.blur(bk.asarray(p[None]), HYBRID_SUPPORT_BLUR))[0]
+    return blurred > REFINE_SHRINKWRAP_THRESHOLD * blurred.max()
+
+
+def refine_phases(hkl: np.ndarray, amplitude: np.ndarray, cell: gemmi.UnitCell,
+                  shape: tuple[int, int, int], *, sigma: np.ndarray | None = None,
+                  start_density: np.ndarray | None = None, n_starts: int = DEFAULT_STARTS,
+                  cycles: int = DEFAULT_CYCLES, beta: float = RAAR_BETA,
+                  f000: float | None = None, rng: np.random.Generator | int | None = None,
+                  device: str = "numpy") -> RefineResult:
+    """Refine phases against measured amplitudes by projections.
+
+    Parameters
+    ----------
+    hkl
+        P1 half-sphere Miller indices ``(n, 3)``.
+    amplitude
+        Measured ``|F|`` on ``hkl`` (NaN: not measured, left free).
+    cell
+        The P1 cell.
+    shape
+        Map grid ``(nu, nv, nw)``; must hold the indices (``2 |h| < n``).
+    sigma
+        Optional standard deviations of ``amplitude``: measured amplitudes are then met only
+        to within ``REFINE_SIGMA_K * sigma``.
+    start_density
+        Optional starting map on ``shape`` (any positive affine scale): hybrid mode.
+    n_starts
+        Number of starts (random phases, or perturbed prediction phases).
+    cycles
+        RAAR iterations per start (followed by ``REFINE_ER_CYCLES`` of ER).
+    beta
+        RAAR relaxation parameter.
+    f000
+        ``F(000)``; estimated from the Patterson when None.
+    rng
+        Seed or generator for the starting phases.
+    device
+        ``"numpy"`` (starts one after another) or ``"torch"``/``"cpu"``/``"cuda"`` (all starts
+        as one batch; torch imported here only).
+
+    Returns
+    -------
+    RefineResult
+    """
+    t_start = time.perf_counter()
+    rng = _as_rng(rng)
+    hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3)
+    amplitude = np.asarray(amplitude, dtype=np.float64)
+    shape = tuple(int(n) for n in shape)
+    if len(amplitude) != len(hkl) or (sigma is not None and len(sigma) != len(hkl)):
+        raise ValueError("hkl, amplitude and sigma must have the same length")
+    if sigma is not None:
+        sigma = np.asarray(sigma, dtype=np.float64)
+    measured = np.isfinite(amplitude) & (amplitude >= 0)
+    if measured.sum() < 10:
+        raise PattersolveError(f"only {int(measured.sum())} measured amplitudes",
+                               "give at least a few hundred reflections", ExitCode.DATA)
+    check_grid_holds(hkl, shape)
+    volume = float(cell.volume)
+    hkl_m, amp_m = hkl[measured], amplitude[measured]
+    f000_given = f000
+    if f000 is None:
+        f000 = float(np.sqrt(estimate_f000_sq(hkl_m, amp_m**2, shape, volume)))
+    prob = _setup(hkl, amplitude, sigma, cell, shape, float(f000))
+    bk = _backend(device)
+    engine = _Engine(prob, bk, beta, adapt_f000=f000_given is None)
+    n_starts = max(1, int(n_starts))
+
+    # ---- starting models
+    fo = np.where(measured, amplitude, 0.0)
+    hybrid = start_density is not None
+    if hybrid:
+        pred = np.asarray(start_density, dtype=np.float64)
+        if pred.shape != shape:
+            raise PattersolveError(f"start density has shape {pred.shape}, expected {shape}",
+                                   "predict on the refinement grid", ExitCode.DATA)
+        f_pred = phases_from_density(pred, hkl, volume)
+        phase0 = np.angle(f_pred)
+        support0 = _prediction_support(pred, engine)
+        phases = [phase0 + (rng.normal(0, np.radians(min(90.0, i * HYBRID_NOISE_DEG)),
+                                       len(hkl)) if i else 0.0) for i in range(n_starts)]
+        residual_pred = amplitude_residual(fo[measured], f_pred[measured])
+        pm = np.abs(f_pred[measured])
+        k_pred = float((fo[measured] * pm).sum() / max((pm**2).sum(), 1e-30))
+        start_amp = np.where(measured, fo, k_pred * np.abs(f_pred))  # unmeasured: predicted
+    else:
+        support0 = _patterson_support(hkl_m, amp_m, shape, volume, float(f000))
+        phases = [rng.uniform(-np.pi, np.pi, len(hkl)) for _ in range(n_starts)]
+        start_amp = fo
+    starts_x = [density_map(hkl, start_amp * np.exp(1j * ph), shape, volume, float(f000))
+                for ph in phases]
+
+    # ---- run: numpy one start at a time, torch as one batch
+    results: list[np.ndarray] = []
+    f000s: list[float] = []
+    to_f000 = volume / float(np.prod(shape))
+    seconds: list[float] = []
+    initial: list[float] = []
+    for x0 in starts_x:
+        g0 = np.fft.rfftn(np.where(support0 & (x0 > 0), x0, 0.0))
+        initial.append(amplitude_residual(fo[measured],
+                                          _grid_values(g0, prob, volume, shape)[measured]))
+    if bk.name == "numpy":
+        for x0 in starts_x:
+            t0 = time.perf_counter()
+            x, _, g000 = engine.run(x0[None], support0[None], cycles, REFINE_ER_CYCLES)
+            results.append(np.asarray(x)[0])
+            f000s.append(float(np.asarray(g000).ravel()[0]) * to_f000)
+            seconds.append(time.perf_counter() - t0)
+    else:
+        t0 = time.perf_counter()
+        xb = bk.asarray(np.stack(starts_x))
+        sb = bk.asbool(np.broadcast_to(support0, xb.shape).copy())
+        x, _, g000 = engine.run(xb, sb, cycles, REFINE_ER_CYCLES)
+        xs = bk.numpy(x)
+        f000s = [float(v) * to_f000 for v in bk.numpy(g000).ravel()]
+        results = list(xs)
+        per = (time.perf_counter() - t0) / len(results)
+        seconds = [per] * len(results)
+
+    # ---- choose by amplitude residual
+    f_models = [_grid_values(np.fft.rfftn(x), prob, volume, shape) for x in results]
+    residuals = [amplitude_residual(fo[measured], fm[measured]) for fm in f_models]
+    starts = [{"residual": r, "residual_start": r0, "seconds": s, "f000": f0}
+              for r, r0, s, f0 in zip(residuals, initial, seconds, f000s, strict=True)]
+    best = int(np.argmin(residuals))
+    chosen, f_model, residual_final = best, f_models[best], residuals[best]
+    f000_start, f000 = float(f000), f000s[best]
+    residual_start = residual_pred if hybrid else initial[best]
+    if hybrid and residual_pred <= residual_final:
+        chosen, f_model, residual_final = -1, f_pred, residual_pred
+        f000 = f000_start
+
+    # ---- outputs
+    fm = np.abs(f_model)
+    k = float((fo[measured] * fm[measured]).sum() / max((fm[measured] ** 2).sum(), 1e-30))
+    unit = np.exp(1j * np.angle(f_model))
+    f_out = np.where(measured, fo * unit, k * f_model)
+    fom = sigmaa_fom(hkl, np.where(measured, amplitude, np.nan), k * f_model, cell)
+    density = density_map(hkl, f_out, shape, volume, float(f000))
+    return RefineResult(f=f_out, fom=fom, density=density, residual_start=float(residual_start),
+                        residual_final=float(residual_final), f000=float(f000), starts=starts,
+                        seconds=time.perf_counter() - t_start, chosen=chosen,
+                        mode="hybrid" if hybrid else "classical",
+                        extra={"device": bk.name, "support_fraction": float(support0.mean()),
+                               "f000_start": f000_start})

@@ -1,0 +1,172 @@
+"""Tests for pattersolve.refine: projection phase refinement against amplitudes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pattersolve import simulate as sim
+from pattersolve.errors import ExitCode, PattersolveError
+from pattersolve.phasematch import align_phases, match_phases
+from pattersolve.phases import phase_error_deg
+from pattersolve.refine import amplitude_residual, refine_phases, sigmaa_fom
+
+# a hand-written Ala-Ala-like dipeptide (heavy atoms, A)
+ALA_ALA = np.array([
+    [0.00, 0.00, 0.00], [1.46, 0.00, 0.00], [2.00, 1.42, 0.00], [1.25, 2.39, 0.00],
+    [1.95, -0.75, 1.23], [3.33, 1.55, 0.00], [3.96, 2.86, 0.00], [5.47, 2.75, 0.00],
+    [6.06, 1.67, 0.00], [6.10, 3.83, 0.00], [3.45, 3.65, 1.20],
+])
+ELEMENTS = ["N", "C", "C", "O", "C", "N", "C", "C", "O", "O", "C"]
+
+
+def _fragment(cell_length=10.0, d_min=1.5, seed=0, spacing=0.6):
+    rng = np.random.default_rng(seed)
+    pl = sim.place_fragment(ALA_ALA, ELEMENTS, cell_lengths=[cell_length] * 3,
+                            rotation=sim.random_rotation(rng))
+    hkl = sim.miller_sphere(pl.cell, d_min)
+    f = sim.structure_factors(pl.frac, ELEMENTS, 15.0, pl.cell, hkl)
+    shape = sim.grid_shape_for_spacing(pl.cell, spacing)
+    return pl.cell, hkl, f, shape
+
+
+def _degraded_prediction(cell, hkl, f, shape, seed=0):
+    """True density blurred (B = 40), phases 60 degrees off on average, map noise, [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    s2 = sim.reciprocal_s2(cell, hkl)
+    dphi = rng.uniform(-np.radians(120), np.radians(120), len(hkl))
+    f_bad = f * np.exp(-40.0 * s2 / 4.0) * np.exp(1j * dphi)
+    rho = sim.density_map(hkl, f_bad, shape, cell.volume, 0.0)
+    rho += rng.normal(0.0, 0.1 * rho.std(), rho.shape)
+    return sim.scale_to_unit_range(rho), f_bad
+
+
+@pytest.fixture(scope="module")
+def ala10():
+    return _fragment()
+
+
+def test_residual_is_scale_free():
+    fo = np.array([1.0, 2.0, 3.0])
+    assert amplitude_residual(fo, 7.0 * fo) == pytest.approx(0.0, abs=1e-12)
+    assert amplitude_residual(fo, np.array([3.0, 2.0, 1.0])) > 0.2
+
+
+def test_classical_random_start_solves_ala_ala(ala10):
+    cell, hkl, f, shape = ala10
+    res = refine_phases(hkl, np.abs(f), cell, shape, n_starts=2, rng=1)
+    m = match_phases(hkl, f, res.f, cell)
+    assert m.weighted_error < 10.0 and m.map_cc > 0.98
+    assert res.mode == "classical" and len(res.starts) == 2
+    assert res.residual_final < 0.08 < res.residual_start
+    assert res.residual_final == pytest.approx(min(s["residual"] for s in res.starts))
+    assert np.allclose(np.abs(res.f), np.abs(f))  # measured amplitudes, refined phases
+    assert res.density.shape == shape and res.density.dtype == np.float64
+    # F000 estimated from the Patterson, then made self-consistent: near the electron count
+    assert res.extra["f000_start"] == pytest.approx(sim.f000(ELEMENTS), rel=0.15)
+    assert res.f000 == pytest.approx(sim.f000(ELEMENTS), rel=0.03)
+    assert np.all((res.fom >= 0) & (res.fom <= 1)) and res.fom.mean() > 0.9
+
+
+def test_refinement_from_true_phases_stays(ala10):
+    cell, hkl, f, shape = ala10
+    rho = sim.density_map(hkl, f, shape, cell.volume, sim.f000(ELEMENTS))
+    start = np.maximum(rho, 0.0) ** 1.5  # true phases, distorted amplitudes
+    res = refine_phases(hkl, np.abs(f), cell, shape, start_density=start, n_starts=1, rng=0)
+    assert res.chosen == 0  # the refined model beats its own start
+    m = match_phases(hkl, f, res.f, cell)
+    assert m.weighted_error < 5.0
+    assert np.linalg.norm(((m.shift + 0.5) % 1.0) - 0.5) < 0.02 and not m.inverted
+    assert res.residual_final < res.residual_start
+
+
+def test_unrefined_start_is_a_candidate(ala10):
+    cell, hkl, f, shape = ala10
+    rho = sim.density_map(hkl, f, shape, cell.volume, sim.f000(ELEMENTS))
+    # the exact map has residual 0: no refined start can beat it, so it is returned as is
+    res = refine_phases(hkl, np.abs(f), cell, shape, start_density=rho, n_starts=2, rng=0)
+    assert res.chosen == -1 and res.residual_final == pytest.approx(0.0, abs=1e-9)
+    assert np.allclose(res.f, f, atol=1e-8 * np.abs(f).max())
+    assert all(s["residual"] > 0.0 for s in res.starts)
+
+
+def test_refinement_improves_degraded_prediction(ala10):
+    cell, hkl, f, shape = ala10
+    pred, f_bad = _degraded_prediction(cell, hkl, f, shape)
+    before = match_phases(hkl, f, f_bad, cell).weighted_error
+    assert before > 45.0
+    res = refine_phases(hkl, np.abs(f), cell, shape, start_density=pred, n_starts=2, rng=0)
+    after = match_phases(hkl, f, res.f, cell).weighted_error
+    assert res.mode == "hybrid"
+    assert after < 10.0 and after < before - 30.0
+    assert res.residual_final < res.residual_start
+
+
+def test_numpy_and_torch_agree(ala10):
+    pytest.importorskip("torch")
+    cell, hkl, f, shape = ala10
+    a = refine_phases(hkl, np.abs(f), cell, shape, n_starts=2, rng=5, device="numpy")
+    b = refine_phases(hkl, np.abs(f), cell, shape, n_starts=2, rng=5, device="torch")
+    assert b.extra["device"] == "torch"
+    ea = match_phases(hkl, f, a.f, cell).weighted_error
+    eb = match_phases(hkl, f, b.f, cell).weighted_error
+    assert ea < 10.0 and eb < 10.0
+    assert a.residual_final == pytest.approx(b.residual_final, abs=0.01)
+    assert a.extra["f000_start"] == b.extra["f000_start"]  # same Patterson estimate
+    assert a.f000 == pytest.approx(b.f000, rel=0.02)
+    assert [s["residual_start"] for s in a.starts] == pytest.approx(
+        [s["residual_start"] for s in b.starts])  # same starting phases
+    pred, _ = _degraded_prediction(cell, hkl, f, shape, seed=1)
+    h = refine_phases(hkl, np.abs(f), cell, shape, start_density=pred, n_starts=2, rng=0,
+                      device="torch")
+    assert h.mode == "hybrid" and match_phases(hkl, f, h.f, cell).weighted_error < 10.0
+
+
+def test_cuda_without_gpu_is_a_backend_error(ala10):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    cell, hkl, f, shape = ala10
+    with pytest.raises(PattersolveError, match="CUDA") as info:
+        refine_phases(hkl, np.abs(f), cell, shape, device="cuda")
+    assert info.value.exit_code == ExitCode.BACKEND
+
+
+def test_sigma_and_missing_reflections_12A():
+    cell, hkl, f, shape = _fragment(cell_length=12.0, seed=3)
+    rng = np.random.default_rng(2)
+    amp = np.abs(f) * (1.0 + 0.05 * rng.normal(size=len(f)))
+    sigma = 0.05 * np.abs(f)
+    amp[rng.uniform(size=len(f)) < 0.05] = np.nan  # 5 % unmeasured, left free
+    res = refine_phases(hkl, amp, cell, shape, sigma=sigma, n_starts=2, rng=0)
+    m = match_phases(hkl, f, res.f, cell)
+    assert m.weighted_error < 8.0
+    # missing reflections inflate the Patterson estimate of F000; the support updates
+    # bring it back to the electron count
+    assert res.extra["f000_start"] > 1.3 * sim.f000(ELEMENTS)
+    assert res.f000 == pytest.approx(sim.f000(ELEMENTS), rel=0.05)
+    missing = ~np.isfinite(amp)
+    # unmeasured reflections get the model's own amplitude and a phase near the truth
+    assert np.all(np.isfinite(res.f)) and np.all(np.abs(res.f[missing]) > 0)
+    aligned = align_phases(hkl[missing], res.f[missing], m)
+    err = phase_error_deg(aligned, f[missing])
+    w = np.abs(f[missing])
+    assert (w * err).sum() / w.sum() < 30.0
+
+
+def test_sigmaa_fom_tracks_model_quality(ala10):
+    cell, hkl, f, _ = ala10
+    _, _, f_other, _ = _fragment(seed=7)
+    good = sigmaa_fom(hkl, np.abs(f), f * 1.3, cell)
+    bad = sigmaa_fom(hkl, np.abs(f), f_other, cell)
+    assert good.mean() > 0.95 and bad.mean() < good.mean() - 0.2
+
+
+def test_bad_inputs_raise_user_errors(ala10):
+    cell, hkl, f, shape = ala10
+    with pytest.raises(PattersolveError, match="device"):
+        refine_phases(hkl, np.abs(f), cell, shape, device="tpu")
+    with pytest.raises(PattersolveError, match="shape"):
+        refine_phases(hkl, np.abs(f), cell, shape, start_density=np.zeros((4, 4, 4)))
+    with pytest.raises(PattersolveError, match="grid size"):
+        refine_phases(hkl, np.abs(f), cell, (8, 8, 8))
