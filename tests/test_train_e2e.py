@@ -1,0 +1,89 @@
+"""End to end through the CLI: prepare -> fit -> evaluate -> export -> load with ONNX Runtime."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pattersolve_train.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_prepare_fit_evaluate_export(tmp_path: Path, train_synthetic_source: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    shards = tmp_path / "shards"
+    assert main(["prepare", "--source", str(train_synthetic_source), "--out", str(shards),
+                 "--dialanine", "--max-entries", "20", "--quiet"]) == 0
+    manifest = json.loads((shards / "manifest.json").read_text())
+    run = tmp_path / "run"
+    assert main(["fit", "--config", str(CONFIGS / "tiny.toml"), "--out", str(run),
+                 "--shards", str(shards), "--max-steps", "40", "--quiet"]) == 0
+    assert main(["fit", "--out", str(run), "--resume", "--max-steps", "60", "--quiet"]) == 0
+    assert json.loads((run / "checkpoint.json").read_text())["step"] == 60
+    assert main(["evaluate", "--run", str(run), "--n", "6"]) == 0
+    ev = json.loads((run / "evaluation" / "evaluation.json").read_text())
+    assert ev["n"] == 6 and 0 < ev["median_phase_error_weighted"] < 180
+    assert ev["random_floor"]["median_phase_error_weighted"] > 40
+    assert len(ev["bins"]) >= 3 and (run / "evaluation" / "cc_histogram.png").stat().st_size
+    assert (run / "evaluation" / "phase_error_by_resolution.png").is_file()
+
+    models = tmp_path / "models"
+    assert main(["export", "--run", str(run), "--name", "tiny-test",
+                 "--models-dir", str(models)]) == 0
+    out = models / "tiny-test"
+    card = json.loads((out / "card.json").read_text())
+    assert card["sha256"] == {"model.safetensors": _sha(out / "model.safetensors"),
+                              "model.onnx": _sha(out / "model.onnx")}
+    meta = card["metadata"]
+    assert meta["format"] == "pattersolve-model-1" and meta["name"] == "tiny-test"
+    assert meta["training_data"] == manifest["sha256"]
+    assert json.loads(meta["cell"]) == [10.0, 10.0, 10.0] and float(meta["d_min"]) == 2.0
+    assert meta["normalisation"] == "minmax-per-map"
+    assert json.loads(meta["metrics"])["median_cc"] == pytest.approx(ev["median_cc"])
+    assert all(isinstance(v, str) for v in meta.values())
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(out / "model.safetensors"), framework="pt") as fh:
+        assert fh.metadata() == meta
+    import onnxruntime as ort
+    import torch
+
+    from pattersolve.network import NetworkConfig, PattersonNet
+
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_modelmeta().custom_metadata_map == meta
+    assert [i.name for i in sess.get_inputs()] == ["patterson"]
+    net = PattersonNet(NetworkConfig.from_json(meta["config"]))
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v
+                         for k, v in load_file(str(out / "model.safetensors")).items()})
+    net.eval()
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 1, 14, 16, 12)).astype(np.float32)
+    got = sess.run(["density"], {"patterson": x})[0]
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    assert got.shape == x.shape and np.abs(got - want).max() < 1e-4
+    assert "Evaluation" in (out / "README.md").read_text()
+
+    # evaluating the exported model gives the run's numbers
+    assert main(["evaluate", "--model", str(out), "--shards", str(shards), "--n", "6",
+                 "--no-plots", "--out", str(tmp_path / "ev2")]) == 0
+    ev2 = json.loads((tmp_path / "ev2" / "evaluation.json").read_text())
+    assert ev2["median_cc"] == pytest.approx(ev["median_cc"], abs=2e-3)
+
+    # user errors: one line, exit code, no traceback
+    capsys.readouterr()
+    assert main(["export", "--run", str(run), "--name", "tiny-test",
+                 "--models-dir", str(models)]) == 9
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exists" in err and "Traceback" not in err

@@ -1,0 +1,142 @@
+"""Training loop: exact resume, interruption, loss decrease, schedules, config loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pattersolve_train import train as T
+
+from pattersolve.errors import PattersolveError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny(shards: Path, **kw) -> T.TrainConfig:
+    cfg = T.load_config(CONFIGS / "tiny.toml")
+    return replace(cfg, shards=str(shards), **kw)
+
+
+def _tensors(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / T.CHECKPOINT))
+
+
+def test_exact_resume_is_bit_identical(tmp_path: Path, train_shards: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _tiny(train_shards, max_steps=24, eval_every=10, checkpoint_every=7, log_every=5)
+    full = T.fit(cfg, tmp_path / "full", progress=False)
+    assert full.step == 24 and not full.interrupted
+
+    # N steps, stop, resume, N more
+    half = T.fit(cfg, tmp_path / "half", stop_at=12, progress=False)
+    assert half.step == 12
+    resumed = T.fit(cfg, tmp_path / "half", resume=True, progress=False)
+    assert resumed.step == 24
+
+    # interrupted by SIGTERM at step 17, then resumed
+    real_lr_at = T.lr_at
+
+    def lr_with_signal(c, step, spe, horizon):
+        if step == 17:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_lr_at(c, step, spe, horizon)
+
+    monkeypatch.setattr(T, "lr_at", lr_with_signal)
+    killed = T.fit(cfg, tmp_path / "killed", progress=False)
+    assert killed.interrupted and killed.step == 18
+    monkeypatch.setattr(T, "lr_at", real_lr_at)
+    T.fit(cfg, tmp_path / "killed", resume=True, progress=False)
+
+    a = _tensors(tmp_path / "full")
+    for other in ("half", "killed"):
+        b = _tensors(tmp_path / other)
+        assert a.keys() == b.keys()
+        for key in a:
+            if key.startswith(("model.", "optim.")):
+                assert torch.equal(a[key], b[key]), (other, key)
+    lines = (tmp_path / "half" / T.METRICS).read_text().splitlines()
+    steps = [json.loads(x)["step"] for x in lines]
+    assert steps == sorted(steps) and steps[-1] == 24  # no duplicated records after resume
+
+
+def test_resume_refuses_mismatch(tmp_path: Path, train_shards: Path) -> None:
+    cfg = _tiny(train_shards, max_steps=2)
+    T.fit(cfg, tmp_path / "r", progress=False)
+    with pytest.raises(PattersolveError, match="already holds a run"):
+        T.fit(cfg, tmp_path / "r", progress=False)
+    with pytest.raises(PattersolveError, match="config differs"):
+        T.fit(replace(cfg, lr=1.0), tmp_path / "r", resume=True, progress=False)
+    (tmp_path / "r" / T.CHECKPOINT).write_bytes(b"garbage")
+    with pytest.raises(PattersolveError, match="SHA-256"):
+        T.fit(cfg, tmp_path / "r", resume=True, progress=False)
+
+
+def test_loss_decreases_on_tiny(tmp_path: Path, train_shards: Path) -> None:
+    cfg = _tiny(train_shards, max_steps=100, log_every=10, eval_every=100)
+    result = T.fit(cfg, tmp_path / "run", progress=False)
+    records = [json.loads(x) for x in (tmp_path / "run" / T.METRICS).read_text().splitlines()]
+    losses = [r["train_loss"] for r in records if "train_loss" in r]
+    assert losses[-1] < 0.7 * losses[0]
+    assert np.isfinite(result.last_metrics["val_loss"])
+    assert result.last_metrics["val_cc"] > 0.5
+
+
+def test_schedules() -> None:
+    base = T.load_config(CONFIGS / "paper_1b.toml")
+    spe = 10
+    assert T.lr_at(base, 0, spe, 1000) == pytest.approx(1e-3)
+    assert T.lr_at(base, 9, spe, 1000) == pytest.approx(1e-3)  # per epoch: constant inside
+    assert T.lr_at(base, 10, spe, 1000) == pytest.approx(1e-3 * 0.86)
+    assert T.lr_at(base, 150, spe, 1000) == pytest.approx(1e-3 * 0.86**12 * 0.9991**3)
+    per_step = replace(base, per_step=True)
+    assert T.lr_at(per_step, 5, spe, 1000) == pytest.approx(1e-3 * 0.86**0.5)
+    cos = replace(base, schedule="cosine", warmup_steps=10, min_lr=0.0)
+    assert T.lr_at(cos, 0, spe, 110) == pytest.approx(1e-4)
+    assert T.lr_at(cos, 60, spe, 110) == pytest.approx(0.5e-3)
+    assert T.lr_at(cos, 110, spe, 110) == pytest.approx(0.0, abs=1e-12)
+    one = replace(base, schedule="onecycle", onecycle_pct=0.3)
+    lrs = [T.lr_at(one, s, spe, 100) for s in range(101)]
+    assert lrs[0] == pytest.approx(1e-3 / 25) and max(lrs) == pytest.approx(1e-3)
+    assert int(np.argmax(lrs)) == 30 and lrs[-1] == pytest.approx(1e-7)
+
+
+def test_paper_configs_match_the_notes() -> None:
+    c1a, c1b, c2 = (T.load_config(CONFIGS / f"paper_{s}.toml") for s in ("1a", "1b", "2"))
+    assert (c1a.data.cell, c1a.data.grid_spacing) == ((20.0,) * 3, 0.5)
+    assert (c1b.data.cell, c1b.data.grid_spacing) == ((10.0,) * 3, 0.5)
+    assert (c2.data.cell, c2.data.grid_spacing) == ((12.0,) * 3, 0.6)
+    for c in (c1a, c1b):
+        assert (c.data.residues, c.optimizer, c.batch_size, c.grad_accum, c.epochs) == \
+            ("dialanine", "adam", 146, 3, 1000)
+        assert (c.gamma1, c.phase1_epochs, c.gamma2) == (0.86, 12, 0.9991)
+    assert (c2.data.residues, c2.batch_size * c2.grad_accum, c2.epochs) == ("all", 928, 200)
+    assert (c2.gamma1, c2.phase1_epochs, c2.gamma2) == (0.91, 18, 0.9989)
+    for name in ("cpu_1b", "cpu_2", "hard", "tiny"):
+        cfg = T.load_config(CONFIGS / f"{name}.toml")
+        if name != "tiny":
+            assert cfg.network.enc_channels % 16 == 0 and cfg.network.feat_channels % 16 == 0
+
+
+def test_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("max_steps = 1\nbogus = 2\n")
+    with pytest.raises(PattersolveError, match="unknown config keys"):
+        T.load_config(bad)
+    with pytest.raises(PattersolveError, match="not found"):
+        T.load_config(tmp_path / "missing.toml")

@@ -1,0 +1,219 @@
+"""``pattersolve-train``: prepare shards, fit, evaluate and export models.
+
+torch is imported inside the commands that need it, so ``pattersolve-train --help`` is fast.
+User errors (:class:`pattersolve.errors.PattersolveError`) are caught once, in :func:`main`,
+and printed as one line with the exit code they carry.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from pattersolve.errors import ExitCode, PattersolveError
+
+
+def _cpu_env() -> None:
+    """OpenMP spin-waiting collapses throughput on a shared CPU (COMPUTE_NOTES.md)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Train the Patterson-to-density network.
+
+    \b
+    Typical session (from the repository root):
+      pattersolve-train prepare --dialanine --max-per-entry 32 --out data/shards/alaala
+      pattersolve-train fit --config training/configs/cpu_1b.toml --out runs/cpu_1b
+      pattersolve-train evaluate --run runs/cpu_1b
+      pattersolve-train export --run runs/cpu_1b --name alaala-10A
+    """
+
+
+@cli.command()
+@click.option("--source", type=click.Path(path_type=Path), default=None,
+              help="Directory or tarball of .pdb/.cif/.ent(.gz) files "
+                   "[default: ../shared/data/pdb/pdownb_PDB.tar.xz].")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Output shard directory.")
+@click.option("--split-dir", type=click.Path(path_type=Path), default=None,
+              help="Directory with *split_{train,val,test}.txt [default: next to the source; "
+                   "a hash of the entry id when there are none].")
+@click.option("--length", type=int, default=2, show_default=True, help="Residues per fragment.")
+@click.option("--dialanine", is_flag=True,
+              help="Truncate every residue at CB and rename it ALA (runs with GLY skipped).")
+@click.option("--max-per-entry", type=int, default=None,
+              help="At most this many fragments per entry (a seeded random subset).")
+@click.option("--max-entries", type=int, default=None,
+              help="At most this many entries per split (quick runs).")
+@click.option("--entries-per-shard", type=int, default=64, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True, help="Parsing processes.")
+@click.option("--shard", "shard_spec", default="0/1", show_default=True,
+              help="k/n: prepare only every n-th shard starting at k (array jobs).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def prepare(source: Path | None, out: Path, split_dir: Path | None, length: int,
+            dialanine: bool, max_per_entry: int | None, max_entries: int | None,
+            entries_per_shard: int, workers: int, shard_spec: str, seed: int,
+            quiet: bool) -> None:
+    """PDB/mmCIF files -> fragment shards + manifest.json (resumable).
+
+    \b
+    Examples:
+      pattersolve-train prepare --dialanine --max-per-entry 32 --workers 2 --out data/shards/alaala
+      pattersolve-train prepare --source my_pdbs/ --length 3 --out data/shards/tri
+      pattersolve-train prepare --out data/shards/all2 --shard 3/8   # array job 3 of 8
+    """
+    from .prepare import PrepareOptions
+    from .prepare import prepare as run_prepare
+
+    try:
+        k, n = (int(x) for x in shard_spec.split("/"))
+    except ValueError as exc:
+        raise PattersolveError(f"--shard {shard_spec!r} is not k/n", "e.g. --shard 0/4",
+                               ExitCode.USAGE) from exc
+    opts = PrepareOptions(length=length, dialanine=dialanine, max_per_entry=max_per_entry,
+                          max_entries=max_entries, entries_per_shard=entries_per_shard,
+                          seed=seed)
+    report = run_prepare(source, out, opts, split_dir=split_dir, workers=workers,
+                         shard=(k, n), progress=not quiet)
+    for err in report.errors[:20]:
+        click.echo(f"warning: {err}", err=True)
+    if len(report.errors) > 20:
+        click.echo(f"warning: ... and {len(report.errors) - 20} more", err=True)
+    rate = report.n_entries / max(report.seconds, 1e-9)
+    click.echo(f"{report.n_entries} entries read ({rate:.1f}/s), {report.n_shards_written} "
+               f"shards written, {report.n_shards_skipped} already present")
+    if report.manifest_written:
+        click.echo(f"{out / 'manifest.json'}: {report.n_fragments} fragments")
+    else:
+        click.echo("manifest not written yet: other --shard jobs still have shards to write")
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="TOML config (training/configs/*.toml); optional with --resume.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run directory [default: runs/<config name>].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--max-steps", type=int, default=None,
+              help="Stop after this many steps in total (the schedule is unchanged, so a "
+                   "later --resume continues the same run).")
+@click.option("--shards", type=click.Path(path_type=Path), default=None,
+              help="Override the config's shard directory.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def fit(config_path: Path | None, out: Path | None, resume: bool, max_steps: int | None,
+        shards: Path | None, quiet: bool) -> None:
+    """Train a network (checkpoints every N steps and on Ctrl-C / SIGTERM).
+
+    \b
+    Examples:
+      pattersolve-train fit --config training/configs/cpu_1b.toml --out runs/cpu_1b
+      pattersolve-train fit --out runs/cpu_1b --resume
+      torchrun --nproc_per_node 2 -m pattersolve_train.cli fit --config X.toml --out runs/x
+    """
+    _cpu_env()
+    from .train import config_for_run, load_config, with_overrides
+    from .train import fit as run_fit
+
+    if config_path is None:
+        if not (resume and out is not None):
+            raise PattersolveError("no --config given", "give --config X.toml, or --out RUN "
+                                   "--resume to continue a run", ExitCode.USAGE)
+        cfg = config_for_run(out)
+    else:
+        cfg = load_config(config_path)
+    cfg = with_overrides(cfg, shards=str(shards) if shards else None)
+    if resume and config_path is not None and out is not None:
+        saved = config_for_run(out)  # a run resumes with its own shard path unless overridden
+        cfg = with_overrides(cfg, shards=None if shards else saved.shards)
+    run_dir = out if out is not None else Path("runs") / cfg.name
+    result = run_fit(cfg, run_dir, resume=resume, stop_at=max_steps, progress=not quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        state = "interrupted, checkpoint saved" if result.interrupted else "done"
+        m = result.last_metrics
+        extra = "".join(f", {k} {m[k]:.4g}" for k in ("train_loss", "val_loss", "val_cc")
+                        if k in m)
+        click.echo(f"{result.run_dir}: step {result.step}/{result.total_steps} ({state}), "
+                   f"{result.wall_time:.0f} s{extra}")
+
+
+@cli.command()
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), default=None,
+              help="A training run directory (its checkpoint).")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="An exported model directory (models/<name>).")
+@click.option("--shards", type=click.Path(path_type=Path), default=None,
+              help="Shard directory with the test split [default: the run's].")
+@click.option("--n", "n_examples", type=int, default=500, show_default=True,
+              help="Test examples to evaluate.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output directory [default: <run or model>/evaluation].")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+def evaluate(run_dir: Path | None, model_dir: Path | None, shards: Path | None,
+             n_examples: int, out: Path | None, no_plots: bool) -> None:
+    """Median CC and phase error (origin/hand search) on the test split, with random floors.
+
+    \b
+    Examples:
+      pattersolve-train evaluate --run runs/cpu_1b
+      pattersolve-train evaluate --model models/alaala-10A --shards data/shards/alaala --n 200
+    """
+    _cpu_env()
+    from .evaluate import evaluate as run_evaluate
+
+    if (run_dir is None) == (model_dir is None):
+        raise PattersolveError("give exactly one of --run and --model", "e.g. --run runs/x",
+                               ExitCode.USAGE)
+    summary = run_evaluate(run_dir=run_dir, model_dir=model_dir, shards=shards,
+                           n_examples=n_examples, out=out, plots=not no_plots)
+    click.echo(summary.one_line())
+
+
+@cli.command()
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True,
+              help="The training run to export.")
+@click.option("--name", required=True, help="Model name, e.g. alaala-10A.")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=Path("models"),
+              show_default=True)
+@click.option("--task", default=None, help="One-line task description for the card.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
+def export(run_dir: Path, name: str, models_dir: Path, task: str | None,
+           overwrite: bool) -> None:
+    """Write models/<name>/: model.safetensors, model.onnx, card.json, README.md.
+
+    \b
+    Examples:
+      pattersolve-train export --run runs/cpu_1b --name alaala-10A
+      pattersolve-train export --run runs/x --name test --models-dir /tmp/models --overwrite
+    """
+    _cpu_env()
+    from .export import export_model
+
+    result = export_model(run_dir, name, models_dir, task=task, overwrite=overwrite)
+    click.echo(f"{result.directory}: weights {result.weights_dtype}, onnx max diff "
+               f"{result.onnx_max_diff:.2e}, fp16 max diff {result.fp16_max_diff:.2e}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: run the click group, mapping user errors to one line + exit code."""
+    try:
+        cli.main(args=argv, prog_name="pattersolve-train", standalone_mode=False)
+    except PattersolveError as exc:
+        click.echo(f"pattersolve-train: error: {exc.one_line()}", err=True)
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return int(exc.exit_code)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

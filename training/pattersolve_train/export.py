@@ -1,0 +1,288 @@
+"""Export a training run to ``models/<name>/`` (the contract ``pattersolve/runtime.py`` loads).
+
+Files:
+
+* ``model.safetensors``: the network's state dict in eval form (BatchNorm kept, not folded),
+  fp16 when the largest output difference against fp32 on a batch of real validation maps
+  stays below 1e-3, else fp32; the metadata dict below in the safetensors header;
+* ``model.onnx``: legacy exporter (``dynamo=False``, opset 17: circular padding becomes
+  Slice + Concat), input ``patterson`` and output ``density`` of shape
+  ``(batch, 1, nu, nv, nw)`` with batch and the three grid sizes dynamic (even sizes), the same
+  metadata in ``metadata_props``; checked against torch with ONNX Runtime on a 20 x 24 x 18
+  grid (max abs difference < 1e-4); exported from the weights as stored (fp16-rounded when
+  the safetensors file is fp16), so both files compute the same function;
+* ``card.json``: ``{"name", "metadata", "sha256": {"model.safetensors", "model.onnx"},
+  "evaluation", "training"}``;
+* ``README.md``: the model card.
+
+Metadata keys (str -> str): ``format`` = ``pattersolve-model-1``, ``name``, ``config``
+(``NetworkConfig.to_json()``), ``grid_spacing`` and ``d_min`` (A), ``cell`` (JSON list of the
+training cell edges, ``null`` for packed cells), ``task``, ``normalisation`` =
+``minmax-per-map``, ``training_data`` (manifest SHA-256), ``metrics`` (JSON),
+``pattersolve_version``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pattersolve import __version__
+from pattersolve.errors import ExitCode, PattersolveError
+from pattersolve.network import PattersonNet, count_parameters
+
+from .evaluate import PAPER
+from .train import TrainConfig, config_for_run, model_weights, read_checkpoint
+
+FP16_TOLERANCE = 1e-3
+ONNX_TOLERANCE = 1e-4
+ONNX_CHECK_SHAPE = (2, 1, 20, 24, 18)
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote."""
+
+    directory: Path
+    weights_dtype: str
+    fp16_max_diff: float
+    onnx_max_diff: float
+    card: dict[str, Any]
+
+
+def describe_task(cfg: TrainConfig) -> str:
+    """One line saying what the model was trained to do."""
+    d = cfg.data
+    what = {2: "dipeptides", 3: "tripeptides"}.get(d.length, f"{d.length}-residue peptides")
+    residues = "Ala-Ala (truncated at CB)" if d.residues == "dialanine" else f"any {what}"
+    if d.cell is not None:
+        cell = "x".join(f"{x:g}" for x in d.cell) + " A P1 cell"
+    else:
+        cell = f"packed P1 cells (extent + {d.padding:g} A)"
+    orient = ", random orientation" if d.rotation else ""
+    return (f"Patterson map -> electron density of {residues} in a {cell}{orient}, "
+            f"{d.d_min:g} A data on a {d.grid_spacing:g} A grid")
+
+
+def _test_batch(cfg: TrainConfig) -> torch.Tensor:
+    """Real Patterson maps from the validation split (random maps if the shards are gone)."""
+    from .data import FragmentMaps
+    from .shards import load_split
+
+    try:
+        frags = load_split(cfg.shards, "val", 8)
+        groups = FragmentMaps(frags, cfg.data, cfg.seed, "val").batch(range(len(frags)), 0)
+        if groups:
+            return groups[0].patterson
+    except PattersolveError:
+        pass
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand((4, 1, 20, 20, 20), generator=gen) * 2 - 1
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _model_card(name: str, meta: dict[str, str], cfg: TrainConfig, ckpt: dict[str, Any],
+                evaluation: dict[str, Any], sums: dict[str, str], weights_dtype: str) -> str:
+    ev = evaluation or {}
+    floor = ev.get("random_floor", {})
+    paper = ev.get("paper") or (PAPER.get((cfg.data.cell[0], cfg.data.residues))
+                                if cfg.data.cell else None)
+
+    def fmt(x: Any, f: str = ".3f") -> str:
+        return format(x, f) if isinstance(x, (int, float)) else "n/a"
+
+    lines = [
+        f"# {name}", "",
+        f"{meta['task']}.", "",
+        "A 3D CNN after Pan et al., IUCrJ 10 (2023): Patterson map in, density out, both scaled "
+        "to [-1, 1] by their own minimum and maximum (`minmax-per-map`).", "",
+        "## Files", "",
+        f"- `model.safetensors` ({weights_dtype}), SHA-256 `{sums['model.safetensors']}`",
+        f"- `model.onnx` (opset 17, dynamic batch and even grid sizes), SHA-256 "
+        f"`{sums['model.onnx']}`",
+        "- `card.json`: the same metadata, checksums and evaluation as JSON", "",
+        "## Network", "",
+        f"`{meta['config']}` ({ckpt.get('n_parameters', 'n/a')} parameters)", "",
+        "## Data", "",
+        f"- training shards: manifest SHA-256 `{meta['training_data']}` "
+        f"({ckpt.get('n_train_fragments', 'n/a')} training fragments; split by PDB entry, "
+        "so no test entry is in the training set)",
+        f"- residues: {cfg.data.residues}, fragment length {cfg.data.length}, B = "
+        f"{cfg.data.b_iso if cfg.data.b_iso is not None else 'from the PDB'} A^2",
+        f"- cell: {meta['cell']} A, d_min {meta['d_min']} A, grid spacing "
+        f"{meta['grid_spacing']} A", "",
+        "## Training", "",
+        f"- {ckpt.get('step')} steps of {cfg.batch_size * cfg.grad_accum} examples "
+        f"({ckpt.get('examples_seen')} example passes), {cfg.optimizer}, lr {cfg.lr:g}, "
+        f"schedule {cfg.schedule}",
+        f"- hardware: {ckpt.get('hardware')}",
+        f"- wall time: {float(ckpt.get('wall_time', 0)) / 60:.1f} min", "",
+        "## Evaluation (test split)", "",
+        "Phase error after the best origin shift and hand (`pattersolve.phasematch`); random "
+        "phases with the true amplitudes go through the same search (the floor).", "",
+        "| | this model | random phases | paper |",
+        "|---|---|---|---|",
+        f"| median CC (density) | {fmt(ev.get('median_cc'))} | - | "
+        f"{fmt((paper or {}).get('median_cc'), '.2f')} |",
+        f"| median map CC after alignment | {fmt(ev.get('median_map_cc'))} | "
+        f"{fmt(floor.get('median_map_cc'))} | - |",
+        f"| median phase error, weighted (deg) | "
+        f"{fmt(ev.get('median_phase_error_weighted'), '.1f')} | "
+        f"{fmt(floor.get('median_phase_error_weighted'), '.1f')} | "
+        f"{fmt((paper or {}).get('median_phase_error'), '.0f')} |",
+        f"| median phase error, unweighted (deg) | "
+        f"{fmt(ev.get('median_phase_error_unweighted'), '.1f')} | "
+        f"{fmt(floor.get('median_phase_error_unweighted'), '.1f')} | - |",
+        "", f"Test examples: {ev.get('n', 'not evaluated')}.",
+    ]
+    if ev.get("bins"):
+        lines += ["", "| d (A) | mean phase error | random | fraction < 60 | random |",
+                  "|---|---|---|---|---|"]
+        for b in ev["bins"]:
+            lines.append(f"| {b['d_low']:.2f}-{b['d_high']:.2f} | "
+                         f"{b['mean_weighted_error']:.1f} | {b['floor_mean_weighted_error']:.1f} | "
+                         f"{b['fraction_under_60']:.2f} | {b['floor_fraction_under_60']:.2f} |")
+    lines += ["", "Classical phase retrieval (RAAR + shrink-wrap) already solves these synthetic "
+              "1.5 A cells to ~3 deg (PHASING_NOTES.md); the network's role in pattersolve is the "
+              "starting density for that refinement.", ""]
+    return "\n".join(lines)
+
+
+def export_model(run_dir: str | os.PathLike[str], name: str,
+                 models_dir: str | os.PathLike[str] = "models", task: str | None = None,
+                 overwrite: bool = False) -> ExportResult:
+    """Write ``<models_dir>/<name>/`` from the run's latest checkpoint.
+
+    The directory is assembled under a temporary name and renamed into place, so a reader
+    never sees a half-written model.
+    """
+    import onnx
+    import onnxruntime as ort
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    cfg = config_for_run(run_dir)
+    tensors, ckpt = read_checkpoint(run_dir)
+    target = Path(models_dir) / name
+    if target.exists() and not overwrite:
+        raise PattersolveError(f"{target} exists", "add --overwrite or choose another --name",
+                               ExitCode.OUTPUT)
+    if not name or "/" in name or name.startswith("."):
+        raise PattersolveError(f"bad model name {name!r}", "use e.g. alaala-10A", ExitCode.USAGE)
+
+    model = PattersonNet(cfg.network)
+    model.load_state_dict(model_weights(tensors))
+    model.eval()
+    x = _test_batch(cfg)
+    state = model.state_dict()
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+    model16 = PattersonNet(cfg.network)
+    model16.load_state_dict({k: (v.float() if v.is_floating_point() else v)
+                             for k, v in half.items()})
+    model16.eval()
+    with torch.no_grad():
+        ref = model(x)
+        fp16_diff = float((model16(x) - ref).abs().max())
+    use_fp16 = fp16_diff < FP16_TOLERANCE
+    stored, exported = (half, model16) if use_fp16 else (state, model)
+
+    evaluation: dict[str, Any] = {}
+    ev_path = run_dir / "evaluation" / "evaluation.json"
+    if ev_path.is_file():
+        evaluation = json.loads(ev_path.read_text())
+    last_val = {}
+    metrics_path = run_dir / "metrics.jsonl"
+    if metrics_path.is_file():
+        for line in metrics_path.read_text().splitlines():
+            rec = json.loads(line)
+            if "val_cc" in rec:
+                last_val = {"val_loss": rec["val_loss"], "val_cc": rec["val_cc"],
+                            "step": rec["step"]}
+    metrics = {k: evaluation[k] for k in ("n", "median_cc", "median_phase_error_weighted",
+                                          "median_phase_error_unweighted", "median_map_cc")
+               if k in evaluation}
+    if evaluation:
+        metrics["random_floor"] = evaluation["random_floor"]
+    metrics.update(last_val)
+    meta = {
+        "format": "pattersolve-model-1",
+        "name": name,
+        "config": cfg.network.to_json(),
+        "grid_spacing": str(float(cfg.data.grid_spacing)),
+        "d_min": str(float(cfg.data.d_min)),
+        "cell": json.dumps(list(cfg.data.cell) if cfg.data.cell else None),
+        "task": task or describe_task(cfg),
+        "normalisation": "minmax-per-map",
+        "training_data": str(ckpt.get("training_data", "")),
+        "metrics": json.dumps(metrics, sort_keys=True),
+        "pattersolve_version": __version__,
+    }
+
+    Path(models_dir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=models_dir))
+    try:
+        save_file({k: v.contiguous() for k, v in stored.items()}, str(work / "model.safetensors"),
+                  metadata=meta)
+        onnx_path = work / "model.onnx"
+        dyn = {0: "batch", 2: "nu", 3: "nv", 4: "nw"}
+        with warnings.catch_warnings():  # the legacy exporter announces its removal
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(exported, (torch.zeros(1, 1, 16, 16, 16),), str(onnx_path),
+                              dynamo=False, opset_version=17, input_names=["patterson"],
+                              output_names=["density"],
+                              dynamic_axes={"patterson": dyn, "density": dyn})
+        proto = onnx.load(str(onnx_path))
+        onnx.helper.set_model_props(proto, meta)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(onnx_path))
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        gen = torch.Generator().manual_seed(1)
+        probe = torch.rand(ONNX_CHECK_SHAPE, generator=gen) * 2 - 1
+        with torch.no_grad():
+            want = exported(probe).numpy()
+        got = sess.run(["density"], {"patterson": probe.numpy()})[0]
+        onnx_diff = float(np.abs(got - want).max())
+        if onnx_diff >= ONNX_TOLERANCE or sess.get_modelmeta().custom_metadata_map != meta:
+            raise RuntimeError(f"ONNX check failed: max diff {onnx_diff:.2e} on "
+                               f"{ONNX_CHECK_SHAPE} or metadata not read back")
+        sums = {"model.safetensors": _sha256(work / "model.safetensors"),
+                "model.onnx": _sha256(onnx_path)}
+        weights_dtype = "fp16" if use_fp16 else "fp32"
+        ckpt = dict(ckpt, n_parameters=count_parameters(model))
+        card = {"name": name, "metadata": meta, "sha256": sums, "evaluation": evaluation,
+                "training": cfg.to_dict(),
+                "export": {"weights_dtype": weights_dtype, "fp16_max_diff": fp16_diff,
+                           "onnx_max_diff": onnx_diff, "step": ckpt.get("step")}}
+        (work / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+        (work / "README.md").write_text(_model_card(name, meta, cfg, ckpt, evaluation, sums,
+                                                    weights_dtype))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(work, target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return ExportResult(directory=target, weights_dtype=weights_dtype, fp16_max_diff=fp16_diff,
+                        onnx_max_diff=onnx_diff, card=card)

@@ -1,0 +1,697 @@
+"""Training loop for the Patterson-to-density network, readable top to bottom (nanoGPT style).
+
+Run with ``pattersolve-train fit --config training/configs/cpu_1b.toml`` or, for several
+processes, ``torchrun --nproc_per_node 2 -m pattersolve_train.cli fit --config ...``.
+
+The pieces, in the order they are used:
+
+1. :class:`TrainConfig`, loaded from TOML (:func:`load_config`);
+2. the data (:class:`pattersolve_train.data.FragmentMaps`): batch ``m`` of step ``s`` is a
+   pure function of (seed, s, m), so resuming and any DDP world size see the same examples;
+3. the learning rate (:func:`lr_at`), a pure function of the step (no scheduler state);
+4. the loss (:func:`loss_terms`): MSE + ``w`` (1 - Pearson CC), per example;
+5. the step (:func:`forward_backward`): micro-batches and cell groups accumulate gradients;
+6. checkpoints (:func:`save_checkpoint` / :func:`load_checkpoint`): safetensors for every
+   tensor (weights, optimiser moments, RNG states), JSON for the rest, both written atomically;
+   nothing is ever unpickled;
+7. :func:`fit`, the loop: evaluation, JSONL metrics, checkpoints every N steps and on
+   SIGTERM/SIGINT.
+
+Exact resume: training N steps, stopping, resuming and training N more gives bit-identical
+weights to 2N steps in one go on CPU (tests/test_train_fit.py checks it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import signal
+import time
+import tomllib
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pattersolve.errors import ExitCode, PattersolveError
+from pattersolve.network import NetworkConfig, PattersonNet, count_parameters
+
+from .data import DataConfig, FragmentMaps, Group, fixed_indices
+from .shards import load_split, read_manifest
+
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_JSON = "checkpoint.json"
+METRICS = "metrics.jsonl"
+CONFIG_JSON = "config.json"
+
+
+# =============================================================================================
+# 1. configuration
+# =============================================================================================
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on.
+
+    TOML layout: top-level ``name`` and ``shards``; tables ``[data]`` (:class:`DataConfig`),
+    ``[network]`` (:class:`pattersolve.network.NetworkConfig`), and ``[optim]``,
+    ``[schedule]``, ``[run]`` whose keys are the fields below (the tables only group them).
+
+    Batching: ``batch_size`` examples per micro-batch summed over all DDP ranks (each rank
+    takes ``batch_size / world_size``), ``grad_accum`` micro-batches per optimiser step; one
+    optimiser step sees ``batch_size * grad_accum`` examples whatever the world size. An
+    epoch is ``n_train // (batch_size * grad_accum)`` steps.
+
+    Schedules (``schedule``): ``"exp2"`` the paper's two-phase exponential decay, lr x
+    ``gamma1`` per epoch for the first ``phase1_epochs`` epochs then x ``gamma2`` per epoch
+    (``per_step = true`` decays continuously, by the same amount per epoch); ``"cosine"``
+    from ``lr`` to ``min_lr``; ``"onecycle"`` (warm up over ``onecycle_pct`` of the run from
+    lr/25, then cosine to lr/1e4); ``"constant"``. ``warmup_steps`` applies to all but
+    onecycle.
+    """
+
+    name: str = "run"
+    shards: str = "data/shards/alaala"
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    # [optim]
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    batch_size: int = 16
+    grad_accum: int = 1
+    loss_cc_weight: float = 0.1
+    grad_clip: float = 0.0
+    # [schedule]
+    schedule: str = "exp2"
+    gamma1: float = 0.86
+    phase1_epochs: int = 12
+    gamma2: float = 0.9991
+    per_step: bool = False
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    onecycle_pct: float = 0.3
+    # [run]
+    epochs: float | None = None
+    max_steps: int | None = None
+    max_train_fragments: int | None = None
+    eval_every: int = 200
+    eval_examples: int = 128
+    eval_batch_size: int = 32
+    checkpoint_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', not {self.optimizer!r}")
+        if self.schedule not in ("exp2", "cosine", "onecycle", "constant"):
+            raise ValueError(f"unknown schedule {self.schedule!r}")
+        if (self.epochs is None) == (self.max_steps is None):
+            raise ValueError("give exactly one of run.epochs and run.max_steps")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dictionary (``data`` and ``network`` nested)."""
+        out = asdict(self)
+        out["network"] = json.loads(self.network.to_json())
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
+        """Build from TOML tables or :meth:`to_dict` output; unknown keys are an error."""
+        flat: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key in ("optim", "schedule", "run") and isinstance(value, dict):
+                flat.update(value)
+            else:
+                flat[key] = value
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(flat) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {unknown}")
+        data = flat.pop("data", {})
+        net = flat.pop("network", {})
+        if data.get("padding") is not None and "cell" not in data:
+            data["cell"] = None  # packed cells replace the default cube
+        if "cell" in data and data["cell"] is not None:
+            data["cell"] = tuple(data["cell"])
+        return cls(data=DataConfig(**data), network=NetworkConfig.from_json(json.dumps(net)),
+                   **flat)
+
+
+def load_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """Read a TOML training config."""
+    p = Path(path)
+    if not p.is_file():
+        raise PattersolveError(f"config {p} not found",
+                               "give a TOML file, e.g. training/configs/cpu_1b.toml",
+                               ExitCode.INPUT_MISSING)
+    try:
+        return TrainConfig.from_dict(tomllib.loads(p.read_text()))
+    except (tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
+        raise PattersolveError(f"config {p}: {exc}", "fix the TOML (see training/configs/)",
+                               ExitCode.INPUT_FORMAT) from exc
+
+
+# =============================================================================================
+# 2./3./4. data order, learning rate, loss
+# =============================================================================================
+def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
+    """Optimiser steps in one pass over the training fragments."""
+    return max(1, n_train // (cfg.batch_size * cfg.grad_accum))
+
+
+def total_steps(cfg: TrainConfig, n_train: int) -> int:
+    """Length of the run (the schedule's horizon)."""
+    if cfg.max_steps is not None:
+        return int(cfg.max_steps)
+    return max(1, math.ceil(float(cfg.epochs) * steps_per_epoch(cfg, n_train)))
+
+
+def micro_batch_indices(ds: FragmentMaps, cfg: TrainConfig, step: int, micro: int,
+                        spe: int, rank: int = 0, world: int = 1) -> tuple[list[int], int]:
+    """Fragment indices of one rank's share of micro-batch ``micro`` of ``step``, and the epoch."""
+    epoch, pos = divmod(step, spe)
+    order = ds.order(epoch)
+    start = (pos * cfg.grad_accum + micro) * cfg.batch_size
+    glob = order[start: start + cfg.batch_size]
+    local = len(glob) // world
+    return [int(i) for i in glob[rank * local: (rank + 1) * local]], epoch
+
+
+def lr_at(cfg: TrainConfig, step: int, spe: int, horizon: int) -> float:
+    """Learning rate of optimiser step ``step`` (0-based)."""
+    if cfg.schedule == "onecycle":
+        up = max(1, int(cfg.onecycle_pct * horizon))
+        lo, hi, end = cfg.lr / 25.0, cfg.lr, cfg.lr / 1e4
+        if step < up:
+            return lo + (hi - lo) * 0.5 * (1 - math.cos(math.pi * step / up))
+        t = min(1.0, (step - up) / max(1, horizon - up))
+        return end + (hi - end) * 0.5 * (1 + math.cos(math.pi * t))
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "cosine":
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, horizon - cfg.warmup_steps))
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+    epoch = step / spe if cfg.per_step else float(step // spe)
+    first = min(epoch, cfg.phase1_epochs)
+    return cfg.lr * cfg.gamma1**first * cfg.gamma2 ** max(0.0, epoch - cfg.phase1_epochs)
+
+
+def loss_terms(pred: torch.Tensor, target: torch.Tensor, cc_weight: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example loss ``MSE + w (1 - CC)`` and Pearson CC, both of shape ``(b,)``."""
+    p = pred.flatten(1).float()
+    t = target.flatten(1).float()
+    mse = ((p - t) ** 2).mean(1)
+    pc = p - p.mean(1, keepdim=True)
+    tc = t - t.mean(1, keepdim=True)
+    cc = (pc * tc).sum(1) / (pc.norm(dim=1) * tc.norm(dim=1)).clamp_min(1e-12)
+    return mse + cc_weight * (1.0 - cc), cc
+
+
+# =============================================================================================
+# 5. one optimiser step
+# =============================================================================================
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _prepare_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    return x
+
+
+def forward_backward(model: nn.Module, micro_batches: list[list[Group]], n_examples: int,
+                     cc_weight: float, device: torch.device, ddp: bool = False
+                     ) -> tuple[float, list[float]]:
+    """Accumulate the gradient of one optimiser step over micro-batches and cell groups.
+
+    Each group's summed per-example loss is divided by ``n_examples`` (this rank's examples
+    in the step), so the accumulated gradient is that of the mean loss; DDP averages it over
+    ranks. Under DDP only the last backward synchronises (``no_sync`` for the others).
+
+    Returns
+    -------
+    loss, ccs
+        Mean loss over this rank's examples, and each example's CC.
+    """
+    chunks = [g for mb in micro_batches for g in mb]
+    total, ccs = 0.0, []
+    for k, g in enumerate(chunks):
+        sync = (not ddp) or k == len(chunks) - 1
+        with (nullcontext() if sync else model.no_sync()):
+            with _autocast(device):
+                pred = model(_prepare_input(g.patterson, device))
+            per_ex, cc = loss_terms(pred, g.density.to(device), cc_weight)
+            (per_ex.sum() / n_examples).backward()
+        total += float(per_ex.detach().sum())
+        ccs.extend(cc.detach().cpu().tolist())
+    return total / max(1, n_examples), ccs
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Network output for a batch of Patterson maps (eval mode must be set by the caller)."""
+    with _autocast(device):
+        return model(_prepare_input(x, device)).float()
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, ds: FragmentMaps, n: int, batch_size: int,
+                  cc_weight: float, device: torch.device) -> tuple[float, float]:
+    """Mean loss and median CC on the first ``n`` examples of ``ds`` (epoch 0 placements)."""
+    was_training = model.training
+    model.eval()
+    losses, ccs = [], []
+    idx = fixed_indices(len(ds), n)
+    for start in range(0, len(idx), batch_size):
+        for g in ds.batch(idx[start: start + batch_size], epoch=0):
+            per_ex, cc = loss_terms(predict(model, g.patterson, device),
+                                    g.density.to(device), cc_weight)
+            losses.extend(per_ex.cpu().tolist())
+            ccs.extend(cc.cpu().tolist())
+    model.train(was_training)
+    if not losses:
+        return float("nan"), float("nan")
+    return float(np.mean(losses)), float(np.median(ccs))
+
+
+# =============================================================================================
+# 6. checkpoints: safetensors + JSON, atomic, no pickle
+# =============================================================================================
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any]) -> None:
+    """Write ``checkpoint.safetensors`` (every tensor) and ``checkpoint.json`` (the rest).
+
+    Tensors: ``model.*`` (state dict), ``optim.<param>.<key>`` (optimiser state),
+    ``rng.torch`` / ``rng.cuda.<i>`` / ``rng.numpy`` (RNG states). JSON: ``state`` plus the
+    optimiser's param-group hyperparameters, the numpy and python RNG scalars and the
+    SHA-256 of the safetensors file (a mismatched pair is refused on load).
+    """
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        tensors[f"model.{key}"] = value.detach().cpu().contiguous().clone()
+    osd = optimizer.state_dict()
+    optim_scalars: dict[str, Any] = {}
+    for pid, st in osd["state"].items():
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{key}"] = value.detach().cpu().contiguous().clone()
+            else:
+                optim_scalars[f"{pid}.{key}"] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    np_state = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.int64))
+    py_state = random.getstate()
+    meta = dict(state)
+    meta["optimizer"] = {
+        "param_groups": [{k: v for k, v in g.items() if k != "params"}
+                         for g in osd["param_groups"]],
+        "scalars": optim_scalars,
+    }
+    meta["rng"] = {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+                   "python": [py_state[0], list(py_state[1]), py_state[2]]}
+    path = run_dir / CHECKPOINT
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+    meta["sha256"] = _sha256(path)
+    _atomic_write_text(run_dir / CHECKPOINT_JSON, json.dumps(meta, indent=1) + "\n")
+
+
+def read_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and JSON of a run's checkpoint, checking that they belong together."""
+    from safetensors.torch import load_file
+
+    path, meta_path = run_dir / CHECKPOINT, run_dir / CHECKPOINT_JSON
+    if not path.is_file() or not meta_path.is_file():
+        raise PattersolveError(f"no checkpoint in {run_dir}",
+                               "train first (pattersolve-train fit) or give the run directory",
+                               ExitCode.INPUT_MISSING)
+    meta = json.loads(meta_path.read_text())
+    if _sha256(path) != meta.get("sha256"):
+        raise PattersolveError(f"{path} does not match {meta_path} (SHA-256 differs)",
+                               "the run was interrupted while saving or edited; restore both "
+                               "files", ExitCode.MODEL)
+    return load_file(str(path)), meta
+
+
+def model_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's state dict from checkpoint tensors."""
+    return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+
+
+def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer
+                    ) -> dict[str, Any]:
+    """Restore weights, optimiser state and RNG states; return the saved ``state``."""
+    tensors, meta = read_checkpoint(run_dir)
+    model.load_state_dict(model_weights(tensors))
+    fresh = optimizer.state_dict()
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for key, value in meta["optimizer"]["scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    groups = [dict(saved, params=g["params"])
+              for saved, g in zip(meta["optimizer"]["param_groups"], fresh["param_groups"],
+                                  strict=True)]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(64) if f"rng.cuda.{i}" in tensors]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    name, pos, has_gauss, cached = meta["rng"]["numpy"]
+    np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss,
+                         cached))
+    version, internal, gauss = meta["rng"]["python"]
+    random.setstate((version, tuple(internal), gauss))
+    return meta
+
+
+# =============================================================================================
+# 7. the loop
+# =============================================================================================
+@dataclass
+class FitResult:
+    """Summary of :func:`fit`."""
+
+    run_dir: Path
+    step: int
+    total_steps: int
+    interrupted: bool
+    last_metrics: dict[str, Any]
+    wall_time: float
+
+
+def hardware_description(device: torch.device) -> str:
+    """One line naming the machine (CPU count or GPU name, torch version)."""
+    if device.type == "cuda":
+        what = torch.cuda.get_device_name(device)
+    else:
+        what = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, " \
+               f"{torch.get_num_threads()} threads"
+    return f"{what}; torch {torch.__version__}; {platform.platform()}"
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PattersolveError("device cuda requested but CUDA is not available",
+                                   "set run.device = 'cpu' or 'auto'", ExitCode.BACKEND)
+        if name == "cuda":
+            name = f"cuda:{local_rank}"
+    return torch.device(name)
+
+
+def build_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """The network on ``device``, initialised from ``cfg.seed``."""
+    torch.manual_seed(cfg.seed)
+    model = PattersonNet(cfg.network).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Adam or AdamW with the configured weight decay."""
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+               weight_decay=cfg.weight_decay)
+
+
+def check_shards(cfg: TrainConfig) -> dict[str, Any]:
+    """The manifest of ``cfg.shards``, checked against the config's residues and length."""
+    manifest = read_manifest(cfg.shards)
+    prep = manifest["config"]
+    want_dialanine = cfg.data.residues == "dialanine"
+    if bool(prep.get("dialanine")) != want_dialanine or int(prep.get("length", 0)) != \
+            cfg.data.length:
+        raise PattersolveError(
+            f"shards {cfg.shards} hold length={prep.get('length')} "
+            f"dialanine={prep.get('dialanine')}, the config wants length={cfg.data.length} "
+            f"residues={cfg.data.residues}",
+            "prepare matching shards (pattersolve-train prepare --dialanine/--length) or "
+            "point `shards` at them", ExitCode.DATA)
+    return manifest
+
+
+def _read_metrics(path: Path, upto: int) -> list[str]:
+    if not path.is_file():
+        return []
+    return [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= upto]
+
+
+def fit(cfg: TrainConfig, run_dir: str | os.PathLike[str], resume: bool = False,
+        stop_at: int | None = None, progress: bool = True) -> FitResult:
+    """Train (or resume) a run in ``run_dir``.
+
+    Parameters
+    ----------
+    cfg
+        The configuration. On resume it must equal the run's ``config.json``.
+    run_dir
+        Output directory: ``config.json``, ``metrics.jsonl``, ``checkpoint.*``.
+    resume
+        Continue from the checkpoint in ``run_dir``.
+    stop_at
+        Stop after this many optimiser steps in total (the schedule still spans the
+        configured run, so a later resume continues it exactly).
+    progress
+        Show a tqdm bar (rank 0 only).
+    """
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(cfg.device, local_rank)
+    ddp = world > 1
+    if ddp:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    if cfg.batch_size % world:
+        raise PattersolveError(f"batch_size {cfg.batch_size} is not divisible by the world "
+                               f"size {world}", "choose a batch size divisible by the number "
+                               "of processes", ExitCode.USAGE)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+
+    # --- run directory ---------------------------------------------------------------------
+    has_ckpt = (run_dir / CHECKPOINT_JSON).is_file()
+    if resume and not has_ckpt:
+        raise PattersolveError(f"--resume given but {run_dir} holds no checkpoint",
+                               "drop --resume to start a new run", ExitCode.INPUT_MISSING)
+    if not resume and has_ckpt:
+        raise PattersolveError(f"{run_dir} already holds a run",
+                               "add --resume to continue it, or choose another --out",
+                               ExitCode.OUTPUT)
+    if resume:
+        saved = json.loads((run_dir / CONFIG_JSON).read_text())
+        if saved != json.loads(json.dumps(cfg.to_dict())):
+            raise PattersolveError(f"the config differs from {run_dir / CONFIG_JSON}",
+                                   "resume with the run's own config (omit --config)",
+                                   ExitCode.USAGE)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(run_dir / CONFIG_JSON, json.dumps(cfg.to_dict(), indent=1) + "\n")
+
+    # --- data ------------------------------------------------------------------------------
+    manifest = check_shards(cfg)
+    train_frags = load_split(cfg.shards, "train", cfg.max_train_fragments)
+    val_frags = load_split(cfg.shards, "val", cfg.eval_examples)
+    map_device = str(device)
+    train_ds = FragmentMaps(train_frags, cfg.data, cfg.seed, "train", map_device)
+    val_ds = FragmentMaps(val_frags, cfg.data, cfg.seed, "val", map_device)
+    if len(train_ds) < cfg.batch_size * cfg.grad_accum:
+        raise PattersolveError(f"{len(train_ds)} training fragments, fewer than one step's "
+                               f"{cfg.batch_size * cfg.grad_accum}",
+                               "prepare more entries or lower batch_size", ExitCode.DATA)
+    spe = steps_per_epoch(cfg, len(train_ds))
+    horizon = total_steps(cfg, len(train_ds))
+    stop = min(horizon, stop_at) if stop_at is not None else horizon
+
+    # --- model and optimiser ---------------------------------------------------------------
+    model = build_model(cfg, device)
+    optimizer = build_optimizer(cfg, model)
+    step, wall_before, examples_seen = 0, 0.0, 0
+    if resume:
+        meta = load_checkpoint(run_dir, model, optimizer)
+        step, wall_before = int(meta["step"]), float(meta["wall_time"])
+        examples_seen = int(meta["examples_seen"])
+    raw_model = model
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[device.index]
+                                        if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    model.train()
+
+    metrics_path = run_dir / METRICS
+    if rank == 0:
+        kept = _read_metrics(metrics_path, step)
+        _atomic_write_text(metrics_path, "".join(line + "\n" for line in kept))
+    hardware = hardware_description(device)
+
+    def state_dict(now_step: int) -> dict[str, Any]:
+        epoch, pos = divmod(now_step, spe)
+        return {"step": now_step, "epoch": epoch, "position_in_epoch": pos,
+                "steps_per_epoch": spe, "total_steps": horizon, "seed": cfg.seed,
+                "examples_seen": examples_seen, "world_size": world,
+                "wall_time": wall_before + time.perf_counter() - t_start,
+                "hardware": hardware, "n_parameters": count_parameters(raw_model),
+                "n_train_fragments": len(train_ds), "n_train_dropped": train_ds.n_dropped,
+                "training_data": manifest["sha256"]}
+
+    # --- signals: finish the step, checkpoint, exit ----------------------------------------
+    stop_signal: dict[str, int] = {}
+    previous: dict[int, Any] = {}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop_signal["signum"] = signum
+
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+    except ValueError:  # not the main thread: no handlers
+        previous.clear()
+
+    t_start = time.perf_counter()
+    last: dict[str, Any] = {}
+    window_t, window_n, window_loss, window_cc = time.perf_counter(), 0, [], []
+    bar = tqdm(total=stop, initial=step, desc=cfg.name, unit="step",
+               disable=(rank != 0) or (not progress) or None)
+    interrupted = False
+    try:
+        while step < stop:
+            lr = lr_at(cfg, step, spe, horizon)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            micro = []
+            n_local = 0
+            for m in range(cfg.grad_accum):
+                idx, epoch = micro_batch_indices(train_ds, cfg, step, m, spe, rank, world)
+                micro.append(train_ds.batch(idx, epoch))
+                n_local += len(idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss, ccs = forward_backward(model, micro, n_local, cfg.loss_cc_weight, device, ddp)
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            examples_seen += n_local * world
+            window_n += n_local * world
+            window_loss.append(loss)
+            window_cc.extend(ccs)
+            bar.update(1)
+
+            record: dict[str, Any] = {}
+            if step % cfg.log_every == 0 or step == stop:
+                dt = time.perf_counter() - window_t
+                record = {"step": step, "epoch": step / spe, "lr": lr,
+                          "train_loss": float(np.mean(window_loss)),
+                          "train_cc": float(np.median(window_cc)),
+                          "examples_per_s": window_n / max(dt, 1e-9)}
+                window_t, window_n, window_loss, window_cc = time.perf_counter(), 0, [], []
+            if rank == 0 and (step % cfg.eval_every == 0 or step == stop) and len(val_ds):
+                val_loss, val_cc = evaluate_loss(raw_model, val_ds, cfg.eval_examples,
+                                                 cfg.eval_batch_size, cfg.loss_cc_weight,
+                                                 device)
+                record = record or {"step": step, "epoch": step / spe, "lr": lr}
+                record.update(val_loss=val_loss, val_cc=val_cc)
+            if record and rank == 0:
+                record["wall_time"] = wall_before + time.perf_counter() - t_start
+                last.update(record)
+                with open(metrics_path, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                bar.set_postfix({k: f"{record[k]:.4g}" for k in ("train_loss", "val_cc")
+                                 if k in record})
+
+            flag = torch.tensor([1 if stop_signal else 0])
+            if ddp:
+                import torch.distributed as dist
+
+                dist.all_reduce(flag)  # every rank stops at the same step
+            if flag.item():
+                interrupted = True
+                break
+            if rank == 0 and step % cfg.checkpoint_every == 0 and step < stop:
+                save_checkpoint(run_dir, raw_model, optimizer, state_dict(step))
+        if rank == 0:
+            save_checkpoint(run_dir, raw_model, optimizer, state_dict(step))
+    finally:
+        bar.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if ddp:
+            import torch.distributed as dist
+
+            dist.barrier()
+    return FitResult(run_dir=run_dir, step=step, total_steps=horizon, interrupted=interrupted,
+                     last_metrics=last, wall_time=wall_before + time.perf_counter() - t_start)
+
+
+def config_for_run(run_dir: str | os.PathLike[str]) -> TrainConfig:
+    """The configuration a run was trained with (its ``config.json``)."""
+    path = Path(run_dir) / CONFIG_JSON
+    if not path.is_file():
+        raise PattersolveError(f"{run_dir} is not a training run (no {CONFIG_JSON})",
+                               "give the --out directory of `pattersolve-train fit`",
+                               ExitCode.INPUT_MISSING)
+    return TrainConfig.from_dict(json.loads(path.read_text()))
+
+
+def with_overrides(cfg: TrainConfig, **kw: Any) -> TrainConfig:
+    """A copy of ``cfg`` with some top-level fields replaced (None values ignored)."""
+    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
