@@ -30,7 +30,6 @@ import gemmi
 import numpy as np
 
 from .chargeflip import (
-    _f_to_map,
     charge_flip,
     grid_for_chargeflip,
     locate_origin,
@@ -41,6 +40,7 @@ from .chargeflip import (
 from .errors import ExitCode, PattersolveError
 from .peaks import Peaks, find_peaks, symmetry_images
 from .settings import ATOMIC_D_MIN, ATOMIC_MAX_VOLUME, CF_CYCLES, CF_DELTA_SIGMA, CF_STARTS
+from .simulate import density_map
 
 __all__ = ["AtomicResult", "choose_method", "solve_atomic", "expected_atoms"]
 
@@ -138,7 +138,7 @@ def _recycle(hkl: np.ndarray, e: np.ndarray, f_start: np.ndarray, cell: gemmi.Un
     it = 0
     for _ in range(n_iter):
         it += 1
-        emap = symmetrise_map(_f_to_map(hkl, e * phase, shape, cell.volume), sg)
+        emap = symmetrise_map(density_map(hkl, e * phase, shape, cell.volume), sg)
         peaks = find_peaks(emap, cell, sg, n_max=n_peaks, min_distance=0.9)
         if len(peaks) == 0:
             break
@@ -231,7 +231,7 @@ def solve_atomic(
                                               recycle_iterations)
         else:
             phase = origin.f / np.maximum(np.abs(origin.f), 1e-30)
-            emap = symmetrise_map(_f_to_map(hkl_u, e * phase, shape, cell.volume), sg)
+            emap = symmetrise_map(density_map(hkl_u, e * phase, shape, cell.volume), sg)
             pk = find_peaks(emap, cell, sg, n_max=n_peaks, min_distance=0.9)
             s = peak_model_f(hkl_u, pk, sg)
             r_model = _r_e(e, normalise_amplitudes(hkl_u, np.abs(s), cell, sg))
@@ -246,11 +246,11 @@ def solve_atomic(
     assert best is not None
     cf, origin, phase = best["cf"], best["origin"], best["phase"]
     f_u = amp_u * phase
-    density = symmetrise_map(_f_to_map(hkl_u, f_u, shape, cell.volume), sg)
-    emap = symmetrise_map(_f_to_map(hkl_u, e * phase, shape, cell.volume), sg)
+    density = symmetrise_map(density_map(hkl_u, f_u, shape, cell.volume), sg)
+    emap = symmetrise_map(density_map(hkl_u, e * phase, shape, cell.volume), sg)
     peaks = find_peaks(emap, cell, sg, n_max=max(n_peaks, int(np.ceil(2 * n_exp))),
                        min_distance=0.9)
-    agreement_final = symmetry_agreement(_f_to_map(hkl_u, origin.f, shape, cell.volume), sg) \
+    agreement_final = symmetry_agreement(density_map(hkl_u, origin.f, shape, cell.volume), sg) \
         if len(sg.operations()) > 1 else []
     f = np.zeros(len(hkl), dtype=np.complex128)
     f[ok] = f_u

@@ -52,7 +52,7 @@ from .settings import (
     CF_STARTS,
     CF_WEAK_FRACTION,
 )
-from .simulate import check_grid_holds, reciprocal_s2
+from .simulate import HalfGrid, density_map, reciprocal_s2
 
 __all__ = [
     "ChargeFlipResult",
@@ -130,55 +130,6 @@ def grid_for_chargeflip(cell: gemmi.UnitCell, hkl: np.ndarray,
         n = max(2 * int(m) + 1, int(np.ceil(length * sample / d_min)))
         out.append(_good_size(n, fac))
     return (out[0], out[1], out[2])
-
-
-class _HalfGrid:
-    """Scatter/gather between half-sphere reflection lists and numpy's rfftn layout."""
-
-    def __init__(self, hkl: np.ndarray, shape: Sequence[int]):
-        hkl = np.asarray(hkl, dtype=np.int64)
-        check_grid_holds(hkl, shape)
-        self.shape = tuple(int(n) for n in shape)
-        self.rshape = (self.shape[0], self.shape[1], self.shape[2] // 2 + 1)
-        n = np.asarray(self.shape)
-        # each reflection and its Friedel mate; keep the copies with l >= 0 (rfft layout)
-        both = np.concatenate([hkl, -hkl])
-        self.is_mate = np.concatenate([np.zeros(len(hkl), bool), np.ones(len(hkl), bool)])
-        self.src = np.concatenate([np.arange(len(hkl)), np.arange(len(hkl))])
-        keep = both[:, 2] >= 0
-        both, self.is_mate, self.src = both[keep], self.is_mate[keep], self.src[keep]
-        idx = both % n
-        self.flat = np.ravel_multi_index((idx[:, 0], idx[:, 1], idx[:, 2]), self.rshape)
-        # the representative (first occurrence) slot of each reflection, for gathering
-        direct = ~self.is_mate
-        gather = np.empty(len(hkl), dtype=np.int64)
-        gather_conj = np.zeros(len(hkl), dtype=bool)
-        gather[self.src[self.is_mate]] = self.flat[self.is_mate]
-        gather_conj[self.src[self.is_mate]] = True
-        gather[self.src[direct]] = self.flat[direct]
-        gather_conj[self.src[direct]] = False
-        self.gather_idx, self.gather_conj = gather, gather_conj
-
-    def scatter(self, q: np.ndarray) -> np.ndarray:
-        """Half-sphere values ``Q(h)`` -> rfft-layout grid (mates conjugated)."""
-        grid = np.zeros(int(np.prod(self.rshape)), dtype=np.complex128)
-        vals = np.where(self.is_mate, np.conj(q[self.src]), q[self.src])
-        grid[self.flat] = vals
-        return grid.reshape(self.rshape)
-
-    def gather(self, grid: np.ndarray) -> np.ndarray:
-        flat = grid.reshape(-1)[self.gather_idx]
-        return np.where(self.gather_conj, np.conj(flat), flat)
-
-
-def _f_to_map(hkl: np.ndarray, f: np.ndarray, shape: Sequence[int], volume: float,
-              f000_value: float = 0.0) -> np.ndarray:
-    """Same result as :func:`simulate.density_map`, via rfft (faster for big grids)."""
-    hg = _HalfGrid(hkl, shape)
-    q = hg.scatter(np.conj(np.asarray(f, dtype=np.complex128)))
-    q[0, 0, 0] = f000_value
-    n = float(np.prod(shape))
-    return np.fft.irfftn(q, s=hg.shape, axes=(0, 1, 2)) * n / volume
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +218,7 @@ def charge_flip(
     shape = tuple(int(n) for n in shape)
     delta_sigma = CF_DELTA_SIGMA if delta is None else float(delta)
     e = normalise_amplitudes(hkl, amplitude, cell, spacegroup) if normalise else amplitude.copy()
-    hg = _HalfGrid(hkl, shape)
+    hg = HalfGrid(hkl, shape)
     npts = float(np.prod(shape))
     # r.m.s. of the map irfftn(Q) without F000, by Parseval: sum over the full sphere of |E|^2
     rms = np.sqrt(2.0 * np.sum(e**2)) / npts
@@ -321,7 +272,7 @@ def charge_flip(
     f_phase = np.conj(q) / np.maximum(np.abs(q), 1e-30)
     f = amplitude * f_phase
     phases = np.angle(f_phase)
-    density = _f_to_map(hkl, f, shape, cell.volume)
+    density = density_map(hkl, f, shape, cell.volume)
     return ChargeFlipResult(
         phases=phases, f=f, density=density, shape=shape, r_factor=final_r, r_start=plateau,
         converged=bool(converged), cycles_run=n_cyc, start_index=start_index,
@@ -427,7 +378,7 @@ def locate_origin(hkl: np.ndarray, f: np.ndarray, cell: gemmi.UnitCell,
         shape = grid_for_chargeflip(cell, hkl, spacegroup)
     fine = tuple(int(n) * oversample for n in shape)
     fine_np = np.asarray(fine)
-    rho = _f_to_map(hkl, f, fine, cell.volume)
+    rho = density_map(hkl, f, fine, cell.volume)
     if len(ops) == 1:
         return OriginResult(shift=np.zeros(3), agreement=[], mean_agreement=1.0,
                             f=np.asarray(f, dtype=np.complex128).copy(), operators=[])
@@ -457,7 +408,7 @@ def locate_origin(hkl: np.ndarray, f: np.ndarray, cell: gemmi.UnitCell,
     shift = (best + offset) / fine_np
     shift = (shift + 0.5) % 1.0 - 0.5
     f_shift = shift_phases(hkl, f, shift)
-    rho_s = _f_to_map(hkl, f_shift, shape, cell.volume)
+    rho_s = density_map(hkl, f_shift, shape, cell.volume)
     agreement = symmetry_agreement(rho_s, spacegroup)
     return OriginResult(shift=shift, agreement=agreement,
                         mean_agreement=float(np.mean(agreement)), f=f_shift, operators=names)

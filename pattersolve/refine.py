@@ -59,6 +59,7 @@ from .settings import (
     REFINE_SIGMA_K,
 )
 from .simulate import (
+    HalfGrid,
     check_grid_holds,
     d_spacings,
     density_map,
@@ -235,34 +236,20 @@ class _Problem:
     tol: np.ndarray  # allowed |G| deviation (k sigma, in G units)
     g000: float
     s2: np.ndarray  # 1/d^2 on the half grid
-    idx: tuple[np.ndarray, np.ndarray, np.ndarray]  # half-grid position of each input hkl
-    conj: np.ndarray  # True where the input hkl sits there as its Friedel mate
-
-
-def _half_grid_index(hkl: np.ndarray, shape: tuple[int, int, int]
-                     ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
-    """Position of each ``hkl`` on the rfft half grid (last index >= 0) and whether mated."""
-    flip = hkl[:, 2] < 0
-    h = np.where(flip[:, None], -hkl, hkl)
-    n = np.asarray(shape)
-    return (h[:, 0] % n[0], h[:, 1] % n[1], h[:, 2]), flip
+    grid: HalfGrid  # half-grid positions of the input hkl (and of their l = 0 mates)
 
 
 def _setup(hkl: np.ndarray, amplitude: np.ndarray, sigma: np.ndarray | None,
            cell: gemmi.UnitCell, shape: tuple[int, int, int], f000: float) -> _Problem:
     nu, nv, nw = shape
-    half = (nu, nv, nw // 2 + 1)
+    hg = HalfGrid(hkl, shape)
+    half = hg.rshape
     volume = float(cell.volume)
     scale = float(nu * nv * nw) / volume  # |G| = N/V |F|
     measured = np.isfinite(amplitude) & (amplitude >= 0)
     if sigma is not None:
         measured &= np.isfinite(sigma)
-    idx, flip = _half_grid_index(hkl, shape)
-    # Miller index of every half-grid point
-    fu = np.fft.fftfreq(nu, 1.0 / nu).round().astype(np.int64)
-    fv = np.fft.fftfreq(nv, 1.0 / nv).round().astype(np.int64)
-    fw = np.arange(nw // 2 + 1, dtype=np.int64)
-    grid_hkl = np.stack(np.meshgrid(fu, fv, fw, indexing="ij"), -1).reshape(-1, 3)
+    grid_hkl = hg.grid_hkl.reshape(-1, 3)  # Miller index of every half-grid point
     s2 = reciprocal_s2(cell, grid_hkl).reshape(half)
     d_min = float(d_spacings(cell, hkl[measured]).min())
     nyquist = ((2 * np.abs(grid_hkl) >= np.asarray(shape)).any(axis=1)).reshape(half)
@@ -274,18 +261,18 @@ def _setup(hkl: np.ndarray, amplitude: np.ndarray, sigma: np.ndarray | None,
     amp_m = np.where(measured, amplitude, 0.0)
     tol_m = np.zeros_like(amp_m) if sigma is None else np.where(
         measured, REFINE_SIGMA_K * np.nan_to_num(sigma), 0.0)
-    for pos in (idx, (((-hkl[:, 0]) % nu), ((-hkl[:, 1]) % nv), np.zeros(len(hkl), int))):
-        sel = measured.copy()
-        if pos is not idx:  # l = 0 plane: the Friedel mate is on the half grid too
-            sel &= hkl[:, 2] == 0
-        p = tuple(a[sel] for a in pos)
+    # each reflection, then the Friedel mates of the l = 0 plane (on the half grid too)
+    for pos, rows in ((hg.index, np.arange(len(hkl))), (hg.mate_index, hg.mate_rows)):
+        keep = measured[rows]
+        sel = rows[keep]
+        p = tuple(a[keep] for a in pos)
         meas[p] = True
         target[p] = amp_m[sel] * scale
         tol[p] = tol_m[sel] * scale
     meas &= inside
     free = inside & ~meas
     return _Problem(shape=shape, volume=volume, meas=meas, free=free, target=target, tol=tol,
-                    g000=f000 * scale, s2=s2, idx=idx, conj=flip)
+                    g000=f000 * scale, s2=s2, grid=hg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,9 +411,7 @@ def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
 def _grid_values(g: np.ndarray, prob: _Problem, volume: float, shape: tuple[int, int, int]
                  ) -> np.ndarray:
     """``F`` on the input hkl from a half-grid ``G = rfftn(rho)`` (``F = V/N conj(G)``)."""
-    vals = g[(slice(None), *prob.idx)] if g.ndim == 4 else g[prob.idx]
-    vals = np.where(prob.conj, vals, np.conj(vals))
-    return vals * volume / float(np.prod(shape))
+    return np.conj(prob.grid.gather(g)) * volume / float(np.prod(shape))
 
 
 def _patterson_support(hkl: np.ndarray, amp: np.ndarray, shape: tuple[int, int, int],

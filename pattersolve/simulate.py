@@ -237,6 +237,86 @@ def f_on_grid(hkl: np.ndarray, values: np.ndarray, shape: Sequence[int]) -> np.n
     return grid
 
 
+class HalfGrid:
+    """Scatter/gather between half-sphere reflection lists and numpy's ``rfftn`` half grid.
+
+    The half grid has shape ``(nu, nv, nw // 2 + 1)``: the points with last index
+    ``l >= 0`` of the full reciprocal grid (``numpy.fft.rfftn`` / ``irfftn`` layout). A
+    half-sphere reflection ``h`` is stored at ``h mod n`` when ``l > 0``, as its Friedel
+    mate ``-h`` (value conjugated) when ``l < 0``, and at both places when ``l = 0``.
+
+    For a real map ``rho``: ``rfftn(rho)`` holds ``G = N/V conj(F)`` and
+    ``rho = irfftn(G) * N / V`` when the grid holds ``conj(F)`` (see :func:`density_map`).
+
+    Parameters
+    ----------
+    hkl
+        Half-sphere Miller indices ``(n, 3)`` (at most one of each Friedel pair, no 000).
+    shape
+        The full grid ``(nu, nv, nw)``; must hold the indices (:func:`check_grid_holds`).
+
+    Attributes
+    ----------
+    shape
+        The full grid ``(nu, nv, nw)``.
+    rshape
+        The half grid ``(nu, nv, nw // 2 + 1)``.
+    index
+        Half-grid position ``(iu, iv, iw)`` of each reflection (of its mate where ``l < 0``).
+    conj
+        True where the value stored at :attr:`index` is the conjugate (``l < 0``).
+    mate_rows
+        Rows of ``hkl`` with ``l = 0``, whose Friedel mate lies on the half grid too.
+    mate_index
+        Half-grid position of those mates (the stored value there is the conjugate).
+    """
+
+    def __init__(self, hkl: np.ndarray, shape: Sequence[int]) -> None:
+        hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3)
+        check_grid_holds(hkl, shape)
+        self.shape: tuple[int, int, int] = (int(shape[0]), int(shape[1]), int(shape[2]))
+        self.rshape: tuple[int, int, int] = (self.shape[0], self.shape[1],
+                                             self.shape[2] // 2 + 1)
+        n = np.asarray(self.shape, dtype=np.int64)
+        self.conj: np.ndarray = hkl[:, 2] < 0
+        h = np.where(self.conj[:, None], -hkl, hkl) % n
+        self.index: tuple[np.ndarray, np.ndarray, np.ndarray] = (h[:, 0], h[:, 1], h[:, 2])
+        self.mate_rows: np.ndarray = np.flatnonzero(hkl[:, 2] == 0)
+        m = (-hkl[self.mate_rows]) % n
+        self.mate_index: tuple[np.ndarray, np.ndarray, np.ndarray] = (m[:, 0], m[:, 1], m[:, 2])
+        self._flat = np.ravel_multi_index(self.index, self.rshape)
+        self._mate_flat = np.ravel_multi_index(self.mate_index, self.rshape)
+
+    def __len__(self) -> int:
+        return len(self.conj)
+
+    @property
+    def grid_hkl(self) -> np.ndarray:
+        """Miller index of every half-grid point, integer array ``(*rshape, 3)``."""
+        nu, nv, nw = self.shape
+        fu = np.fft.fftfreq(nu, 1.0 / nu).round().astype(np.int64)
+        fv = np.fft.fftfreq(nv, 1.0 / nv).round().astype(np.int64)
+        fw = np.arange(nw // 2 + 1, dtype=np.int64)
+        return np.stack(np.meshgrid(fu, fv, fw, indexing="ij"), axis=-1)
+
+    def scatter(self, values: np.ndarray) -> np.ndarray:
+        """Half-sphere values -> complex half grid ``rshape`` (mates conjugated, rest 0)."""
+        values = np.asarray(values, dtype=np.complex128)
+        grid = np.zeros(int(np.prod(self.rshape)), dtype=np.complex128)
+        grid[self._mate_flat] = np.conj(values[self.mate_rows])
+        grid[self._flat] = np.where(self.conj, np.conj(values), values)
+        return grid.reshape(self.rshape)
+
+    def gather(self, grid: np.ndarray) -> np.ndarray:
+        """Half grid -> values on the reflections (inverse of :meth:`scatter`).
+
+        ``grid`` has shape ``rshape`` or ``(batch, *rshape)``; the result has shape
+        ``(n,)`` or ``(batch, n)``.
+        """
+        vals = grid[(Ellipsis, *self.index)]
+        return np.where(self.conj, np.conj(vals), vals)
+
+
 def density_map(
     hkl: np.ndarray,
     f: np.ndarray,
@@ -244,10 +324,17 @@ def density_map(
     volume: float,
     f000_value: float = 0.0,
 ) -> np.ndarray:
-    """Electron density (e/A^3) on a grid from half-sphere structure factors."""
-    grid = f_on_grid(hkl, np.asarray(f, dtype=np.complex128), shape)
+    """Electron density (e/A^3) on a grid from half-sphere structure factors.
+
+    ``rho(x) = (1/V) sum_h F(h) exp(-2 pi i h.x)`` over ``hkl``, their Friedel mates and
+    ``F(000) = f000_value`` (``fftn(F_grid).real / V``), computed by ``irfftn`` on the half
+    grid holding ``conj(F)``.
+    """
+    hg = HalfGrid(hkl, shape)
+    grid = hg.scatter(np.conj(np.asarray(f, dtype=np.complex128)))
     grid[0, 0, 0] = f000_value
-    return np.fft.fftn(grid).real / volume
+    n = float(np.prod(hg.shape))
+    return np.fft.irfftn(grid, s=hg.shape, axes=(0, 1, 2)) * n / volume
 
 
 def patterson_map(
