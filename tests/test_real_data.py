@@ -106,3 +106,33 @@ def test_peptide_low_confidence_reported(mtz_file, pdb_file):
           f"CC {match.map_cc:.2f}")
     # recorded, not required: near the random floor (~83-85 deg measured)
     assert match.weighted_error > 45.0, "a real solution at 1.7 A would be news: check the test"
+
+
+def test_command_on_sucrose_writes_crystal_spacegroup(tmp_path):
+    """The whole command on measured SHELX data: auto picks charge flipping, the map and MTZ
+    are in P2(1), the phases match the deposited model, the peaks file and JSON are written."""
+    import json
+
+    from pattersolve.cli import main
+    from pattersolve.phasematch import match_phases, read_map_coefficients
+    from pattersolve.simulate import structure_factors
+
+    hkl_file = REAL / "sucrose_P21_smallmol" / "sucrose.hkl"
+    if not hkl_file.exists():
+        pytest.skip(f"{REAL} not found: real-data tests need the project's shared data")
+    out = tmp_path / "s.map"
+    with pytest.raises(SystemExit) as exc:
+        main([str(hkl_file), "-o", str(out), "--peaks", str(tmp_path / "p.pdb"),
+              "--json", str(tmp_path / "s.json"), "-q"])
+    assert exc.value.code == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["method"] == "chargeflip" and summary["confident"] is True
+    assert summary["spacegroup_out"] == "P 1 21 1"
+    assert gemmi.read_ccp4_map(str(out)).grid.spacegroup.hm == "P 1 21 1"
+    assert gemmi.read_structure(str(tmp_path / "p.pdb"))[0].count_atom_sites() > 20
+    cell, sg, hkl, f = read_map_coefficients(tmp_path / "s.mtz", "FWT", "PHWT")
+    assert sg.hm == "P 1 21 1"
+    frac, el, b = _small_model(REAL / "sucrose_P21_smallmol" / "sucrose.cif", cell)[:3]
+    f_model = structure_factors(frac, el, b, cell, hkl)
+    m = match_phases(hkl, f_model, f, cell, spacegroup=sg)
+    assert m.weighted_error < 30, m.to_dict()
