@@ -68,7 +68,9 @@ def _print_models() -> None:
     for m in models:
         metrics = json.loads(m.metadata.get("metrics", "{}") or "{}")
         cc = metrics.get("median_cc")
-        click.echo(f"{m.name:24s} cell {'x'.join(f'{x:g}' for x in m.cell)} A, "
+        cell = ("packed cells (any size)" if m.cell is None
+                else "cell " + "x".join(f"{x:g}" for x in m.cell) + " A")
+        click.echo(f"{m.name:24s} {cell}, "
                    f"grid {m.grid_spacing:g} A, d_min {m.d_min:g} A"
                    + (f", test median CC {cc:.3f}" if cc is not None else "")
                    + f"  [{m.path}]")
@@ -224,7 +226,7 @@ def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path
     if method in ("network", "hybrid"):
         from .runtime import Predictor, resolve_model
 
-        info = resolve_model(model, (refl.cell.a, refl.cell.b, refl.cell.c))
+        info = resolve_model(model, (refl.cell.a, refl.cell.b, refl.cell.c), refl.d_min)
         predictor = Predictor(info, backend=backend, device=device, threads=threads)
         model_meta = {"cell": info.cell, "d_min": info.d_min, "name": info.name}
         log.info("model: %s (%s)", info.name, info.task)

@@ -75,8 +75,10 @@ class ModelInfo:
         return float(self.metadata["d_min"])
 
     @property
-    def cell(self) -> list[float]:
-        return [float(x) for x in json.loads(self.metadata["cell"])]
+    def cell(self) -> list[float] | None:
+        """Training cell edges, or None for a model trained on packed cells of any size."""
+        cell = json.loads(self.metadata["cell"])
+        return None if cell is None else [float(x) for x in cell]
 
     @property
     def task(self) -> str:
@@ -133,12 +135,29 @@ def list_models() -> list[ModelInfo]:
     return list(seen.values())
 
 
-def resolve_model(name_or_path: str | None, cell_edges: tuple[float, float, float] | None = None
-                  ) -> ModelInfo:
-    """A model by folder path or name; ``None`` picks the default for the cell.
+def model_mismatch(model: ModelInfo, cell_edges: tuple[float, float, float] | None,
+                   d_min: float | None) -> float:
+    """How far data lie from a model's training domain (0: the training cell and resolution).
 
-    The default is the model whose training cell is closest in volume to the input cell
-    (falling back to :data:`settings.DEFAULT_MODEL`).
+    Sum of ``|log|`` ratios of the sorted cell edges and of d_min; a model trained on packed
+    cells of any size (``cell`` None) takes a fixed cost of :data:`settings.PACKED_MODEL_COST`
+    instead of the edge term.
+    """
+    score = abs(np.log(d_min / model.d_min)) if d_min else 0.0
+    if cell_edges is None:
+        return score
+    if model.cell is None:
+        return score + settings.PACKED_MODEL_COST
+    pairs = zip(sorted(cell_edges), sorted(model.cell), strict=True)
+    return score + sum(abs(np.log(e / c)) for e, c in pairs)
+
+
+def resolve_model(name_or_path: str | None, cell_edges: tuple[float, float, float] | None = None,
+                  d_min: float | None = None) -> ModelInfo:
+    """A model by folder path or name; ``None`` picks the default for the data.
+
+    The default is the model whose training domain (cell edges and resolution) is closest to
+    the data (:func:`model_mismatch`), or :data:`settings.DEFAULT_MODEL` without data.
     """
     if name_or_path is not None:
         p = Path(name_or_path)
@@ -157,10 +176,9 @@ def resolve_model(name_or_path: str | None, cell_edges: tuple[float, float, floa
     if not models:
         raise PattersolveError("no models found", f"set {settings.ENV_MODELS} to a folder of "
                                "models or pass --model PATH", ExitCode.MODEL)
-    if cell_edges is None:
+    if cell_edges is None and d_min is None:
         return next((m for m in models if m.name == settings.DEFAULT_MODEL), models[0])
-    vol = float(np.prod(cell_edges))
-    return min(models, key=lambda m: abs(np.log(vol / float(np.prod(m.cell)))))
+    return min(models, key=lambda m: model_mismatch(m, cell_edges, d_min))
 
 
 def onnxruntime_available() -> bool:

@@ -24,6 +24,9 @@ BYTES_PER_GRID_POINT = 64  # rough working-set estimate per point (complex FFTs,
 
 # --- network defaults ----------------------------------------------------------------------
 DEFAULT_MODEL = "alaala-10A"
+#: Model choice: the cost of a packed-cell model (trained on cells of any size) in place of
+#: the cell-edge mismatch term (sum of |log| edge ratios) of fixed-cell models.
+PACKED_MODEL_COST = 0.3
 
 # --- refinement defaults -------------------------------------------------------------------
 RAAR_BETA = 0.9

@@ -92,3 +92,23 @@ def test_onnx_path_never_imports_torch(tmp_path, alaala_mtz):
     assert out.returncode == 0, out.stderr[-2000:]
     assert not any(ln.rstrip().endswith(" torch") for ln in out.stderr.splitlines())
     assert (tmp_path / "o.map").is_file()
+
+
+def test_model_choice_by_cell_and_resolution(tmp_path):
+    from pattersolve.runtime import ModelInfo, model_mismatch
+
+    def fake(name, cell, d_min):
+        return ModelInfo(path=tmp_path / name, card={"name": name, "metadata": {
+            "cell": json.dumps(cell), "d_min": str(d_min), "grid_spacing": "0.5"}})
+
+    ala, all12, packed = fake("a", [10, 10, 10], 1.5), fake("b", [12, 12, 12], 1.5), \
+        fake("c", None, 2.5)
+    models = [ala, all12, packed]
+
+    def best(edges, d_min):
+        return min(models, key=lambda m: model_mismatch(m, edges, d_min)).name
+
+    assert best((10, 10, 10), 1.5) == "a"
+    assert best((12.1, 11.9, 12), 1.5) == "b"
+    assert best((11, 13, 15.5), 2.5) == "c"  # a packed crystal-like cell at low resolution
+    assert model_mismatch(ala, (10, 10, 10), 1.5) == 0
