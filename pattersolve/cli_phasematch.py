@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 import click
 import numpy as np
 
 from . import __version__
 from .errors import ExitCode, PattersolveError
+from .output import check_writable, write_atomic, write_json
 from .phasematch import PhaseMatch, match_phases, random_phase_floor, read_map_coefficients
 from .settings import N_RESOLUTION_BINS
 from .simulate import d_spacings
@@ -71,7 +70,7 @@ def _table(match: PhaseMatch, floor: PhaseMatch) -> str:
     return "\n".join(lines)
 
 
-def _plot(match: PhaseMatch, floor: PhaseMatch, path: str) -> None:
+def _plot(match: PhaseMatch, floor: PhaseMatch, path: str, overwrite: bool = False) -> None:
     try:
         import matplotlib
 
@@ -103,18 +102,18 @@ def _plot(match: PhaseMatch, floor: PhaseMatch, path: str) -> None:
     fig.suptitle(f"weighted {match.weighted_error:.1f} deg, CC {match.map_cc:.3f}")
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=100)
-    except OSError as exc:
-        raise PattersolveError(f"cannot write {path} ({exc})", "check the directory",
-                               ExitCode.OUTPUT) from exc
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), overwrite)
     finally:
         plt.close(fig)
 
 
 def run(ref: str, test: str, ref_labels: str | None, test_labels: str | None,
         d_min: float | None, bins: int, plot: str | None, json_path: str | None,
-        seed: int) -> dict:
+        seed: int, overwrite: bool = False) -> dict:
     """The command's work, returning the JSON document (also used by tests)."""
+    for out in (plot, json_path):  # refuse before any work, like pattersolve itself
+        if out:
+            check_writable(out, overwrite)
     cell, sg, hkl_r, f_r = read_map_coefficients(ref, *_labels(ref_labels, "--ref-labels"))
     cell_t, sg_t, hkl_t, f_t = read_map_coefficients(test, *_labels(test_labels, "--test-labels"))
     if sg_t.number != sg.number:
@@ -134,13 +133,9 @@ def run(ref: str, test: str, ref_labels: str | None, test_labels: str | None,
     doc = {"program": PROG, "version": __version__, "reference": str(ref), "test": str(test),
            "result": match.to_dict(), "random_phase_floor": floor.to_dict()}
     if json_path:
-        try:
-            Path(json_path).write_text(json.dumps(doc, indent=2))
-        except OSError as exc:
-            raise PattersolveError(f"cannot write {json_path} ({exc})", "check the directory",
-                                   ExitCode.OUTPUT) from exc
+        write_json(json_path, doc, overwrite)
     if plot:
-        _plot(match, floor, plot)
+        _plot(match, floor, plot, overwrite)
     return doc
 
 
@@ -156,10 +151,11 @@ def run(ref: str, test: str, ref_labels: str | None, test_labels: str | None,
 @click.option("--json", "json_path", metavar="OUT.json", help="Write all numbers as JSON.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random-phase floor.")
+@click.option("--overwrite", is_flag=True, help="Replace existing --plot/--json files.")
 @click.version_option(__version__, prog_name=PROG)
 def main(ref: str, test: str, ref_labels: str | None, test_labels: str | None,
          d_min: float | None, bins: int, plot: str | None, json_path: str | None,
-         seed: int) -> None:
+         seed: int, overwrite: bool) -> None:
     """Phase error of TEST against REF after the best origin shift and hand.
 
     Both files are MTZs with map coefficients (chosen by type and label priority: FWT/PHWT,
@@ -175,7 +171,7 @@ def main(ref: str, test: str, ref_labels: str | None, test_labels: str | None,
       pattersolve-phasematch ref.mtz test.mtz --bins 8 --plot err.png --json err.json
     """
     try:
-        run(ref, test, ref_labels, test_labels, d_min, bins, plot, json_path, seed)
+        run(ref, test, ref_labels, test_labels, d_min, bins, plot, json_path, seed, overwrite)
     except PattersolveError as exc:
         click.echo(f"{PROG}: error: {exc.one_line()}", err=True)
         sys.exit(int(exc.exit_code))

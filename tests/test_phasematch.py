@@ -219,3 +219,19 @@ def test_cli_missing_file_one_line_error(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pattersolve-phasematch: error: ")
     assert "nope.mtz" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_cli_refuses_to_overwrite_outputs(tmp_path, alaala_mtz):
+    from pattersolve.cli_phasematch import main as pm_main
+
+    _, truth = alaala_mtz
+    out = tmp_path / "r.json"
+    out.write_text("keep me")
+    with pytest.raises(SystemExit) as exc:
+        pm_main([str(truth), str(truth), "--json", str(out)])
+    assert exc.value.code == 9
+    assert out.read_text() == "keep me"
+    with pytest.raises(SystemExit) as exc:
+        pm_main([str(truth), str(truth), "--json", str(out), "--overwrite"])
+    assert exc.value.code == 0
+    assert '"weighted_error"' in out.read_text()

@@ -18,7 +18,8 @@ echo "summary:     $out/alaala_1akz.json"
 "$bin/python" - "$out/phasematch.json" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))
-print(f"vs the known answer: weighted phase error {m['weighted_error']:.1f} deg, "
-      f"map CC {m['map_cc']:.3f} (random phases: {m['floor']['weighted_error']:.0f} deg, "
-      f"CC {m['floor']['map_cc']:.2f})")
+r, floor = m["result"], m["random_phase_floor"]
+print(f"vs the known answer: weighted phase error {r['weighted_error']:.1f} deg "
+      f"(unweighted {r['unweighted_error']:.1f}), map CC {r['map_cc']:.3f}; "
+      f"random phases: {floor['weighted_error']:.0f} deg, CC {floor['map_cc']:.2f}")
 PY
