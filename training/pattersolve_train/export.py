@@ -39,6 +39,7 @@ import torch
 from pattersolve import __version__
 from pattersolve.errors import ExitCode, PattersolveError
 from pattersolve.network import PattersonNet, count_parameters
+from pattersolve.runtime import sha256_file
 
 from .evaluate import PAPER
 from .train import TrainConfig, config_for_run, model_weights, read_checkpoint
@@ -87,16 +88,6 @@ def _test_batch(cfg: TrainConfig) -> torch.Tensor:
         pass
     gen = torch.Generator().manual_seed(0)
     return torch.rand((4, 1, 20, 20, 20), generator=gen) * 2 - 1
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _model_card(name: str, meta: dict[str, str], cfg: TrainConfig, ckpt: dict[str, Any],
@@ -267,8 +258,8 @@ def export_model(run_dir: str | os.PathLike[str], name: str,
         if onnx_diff >= ONNX_TOLERANCE or sess.get_modelmeta().custom_metadata_map != meta:
             raise RuntimeError(f"ONNX check failed: max diff {onnx_diff:.2e} on "
                                f"{ONNX_CHECK_SHAPE} or metadata not read back")
-        sums = {"model.safetensors": _sha256(work / "model.safetensors"),
-                "model.onnx": _sha256(onnx_path)}
+        sums = {"model.safetensors": sha256_file(work / "model.safetensors"),
+                "model.onnx": sha256_file(onnx_path)}
         weights_dtype = "fp16" if use_fp16 else "fp32"
         ckpt = dict(ckpt, n_parameters=count_parameters(model))
         card = {"name": name, "metadata": meta, "sha256": sums, "evaluation": evaluation,

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from pattersolve.errors import ExitCode, PattersolveError
+from pattersolve.runtime import sha256_file
 from pattersolve.simulate import ELEMENTS
 
 FORMAT = "pattersolve-shards-1"
@@ -71,15 +72,6 @@ class Fragment:
     def entry(self) -> str:
         """The PDB entry id the fragment comes from."""
         return self.source.split("/", 1)[0]
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def manifest_hash(shard_hashes: Sequence[str]) -> str:

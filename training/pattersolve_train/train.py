@@ -23,7 +23,6 @@ weights to 2N steps in one go on CPU (tests/test_train_fit.py checks it).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -43,6 +42,7 @@ from torch import nn
 
 from pattersolve.errors import ExitCode, PattersolveError
 from pattersolve.network import NetworkConfig, PattersonNet, count_parameters
+from pattersolve.runtime import sha256_file
 
 from .data import DataConfig, FragmentMaps, Group, fixed_indices
 from .shards import load_split, read_manifest
@@ -298,14 +298,6 @@ def evaluate_loss(model: nn.Module, ds: FragmentMaps, n: int, batch_size: int,
 # =============================================================================================
 # 6. checkpoints: safetensors + JSON, atomic, no pickle
 # =============================================================================================
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -353,7 +345,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp))
     os.replace(tmp, path)
-    meta["sha256"] = _sha256(path)
+    meta["sha256"] = sha256_file(path)
     _atomic_write_text(run_dir / CHECKPOINT_JSON, json.dumps(meta, indent=1) + "\n")
 
 
@@ -367,7 +359,7 @@ def read_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
                                "train first (pattersolve-train fit) or give the run directory",
                                ExitCode.INPUT_MISSING)
     meta = json.loads(meta_path.read_text())
-    if _sha256(path) != meta.get("sha256"):
+    if sha256_file(path) != meta.get("sha256"):
         raise PattersolveError(f"{path} does not match {meta_path} (SHA-256 differs)",
                                "the run was interrupted while saving or edited; restore both "
                                "files", ExitCode.MODEL)
