@@ -237,13 +237,14 @@ def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path
                             and predictor.device == "cuda"):
         refine_device = "cuda"
 
-    from .solve import solve, solve_chargeflip
+    from .solve import locate_in_spacegroup, solve, solve_chargeflip
 
     if method == "chargeflip":
         sol = solve_chargeflip(refl, seed=seed)
     else:
         sol = solve(refl, shape, method, predictor=predictor, cycles=cycles, starts=starts,
                     seed=seed, device=refine_device)
+        sol = locate_in_spacegroup(refl, sol)
     warnings += sol.warnings
     for w in warnings:
         log.warning("warning: %s", w)
@@ -261,8 +262,8 @@ def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path
         fom_out = lookup_p1(refl.hkl, sol.fom, hkl_out)
         amp_out, sig_out, free_out = refl.asu_amplitude, refl.asu_sigma, refl.asu_free
     else:
-        msg = (f"the {method} solution is in P1 with an arbitrary origin: map and MTZ are "
-               f"written in P1 (P1-expanded data), not {refl.spacegroup.hm}")
+        msg = (f"the {method} solution failed the {refl.spacegroup.hm} symmetry check: map "
+               "and MTZ are written in P1 (P1-expanded data, arbitrary origin)")
         log.warning("warning: %s", msg)
         warnings.append(msg)
         sg_out = gemmi.SpaceGroup("P 1")
@@ -287,7 +288,13 @@ def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path
         "method": method, "method_reason": reason, "map": str(map_out), "mtz": str(mtz_out),
         "spacegroup_out": sg_out.hm, "grid": list(sol.shape), "stages": sol.stages,
         "mean_fom": round(float(np.mean(sol.fom)), 4),
-        "confident": sol.confident, "warnings": warnings,
+        "confident": sol.confident,
+        "confidence_basis": (
+            "symmetry agreement and model R (charge flipping)" if method == "chargeflip"
+            else "not assessed: P1 data have no symmetry to check; see mean_fom and the "
+            "amplitude residuals" if sol.confident is None
+            else "agreement of the P1 solution with the crystal's symmetry"),
+        "warnings": warnings,
         "peaks": None if peaks_out is None else {"file": str(peaks_out), "n": n_peaks},
         "seconds": round(time.perf_counter() - t_start, 3),
     }

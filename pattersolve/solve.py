@@ -170,3 +170,45 @@ def solve_chargeflip(refl: Reflections, seed: int = 0) -> Solution:
     return Solution(f=f, fom=fom, density=rho, shape=tuple(res.shape), method="chargeflip",
                     stages=stages, symmetric=True, confident=bool(res.confident),
                     warnings=list(res.warnings), peaks=res.peaks)
+
+
+def locate_in_spacegroup(refl: Reflections, sol: Solution) -> Solution:
+    """Check a P1 solution against the crystal's symmetry, as Superflip does.
+
+    The origin shift that makes the P1 map agree best with the space-group operators is
+    found (:func:`pattersolve.chargeflip.locate_origin`). When the mean agreement exceeds
+    :data:`pattersolve.abinitio.CONFIDENT_SYMMETRY`, the solution is shifted, symmetrised
+    and marked confident and symmetric (written in the crystal's space group); otherwise it
+    is returned unchanged, marked not confident, with a warning. P1 data are returned as
+    they are (no symmetry to check).
+    """
+    if refl.spacegroup.number == 1 or sol.symmetric:
+        return sol
+    from .abinitio import CONFIDENT_SYMMETRY
+    from .chargeflip import grid_for_chargeflip, locate_origin, symmetrise_map
+
+    grid = grid_for_chargeflip(refl.cell, refl.hkl, refl.spacegroup)
+    origin = locate_origin(refl.hkl, sol.f, refl.cell, refl.spacegroup, shape=grid)
+    agreement = float(origin.mean_agreement)
+    sol.stages["symmetry_check"] = {
+        "spacegroup": refl.spacegroup.hm, "origin_shift": [round(float(x), 4)
+                                                           for x in origin.shift],
+        "agreement": [round(x, 3) for x in origin.agreement],
+        "mean_agreement": round(agreement, 3), "threshold": CONFIDENT_SYMMETRY,
+    }
+    log.info("symmetry check in %s: mean agreement %.2f after origin shift %s",
+             refl.spacegroup.hm, agreement, " ".join(f"{x:.3f}" for x in origin.shift))
+    if agreement < CONFIDENT_SYMMETRY:
+        sol.confident = False
+        sol.warnings.append(
+            f"the {sol.method} solution does not obey the {refl.spacegroup.hm} symmetry (mean "
+            f"agreement {agreement:.2f}, want > {CONFIDENT_SYMMETRY}): treat the map as "
+            "unreliable")
+        return sol
+    vol = refl.cell.volume
+    rho = symmetrise_map(density_map(refl.hkl, origin.f, grid, vol), refl.spacegroup)
+    f = refl.amplitude * np.exp(1j * np.angle(structure_factors_from_map(rho, refl.hkl, vol)))
+    out = density_map(refl.hkl, sol.fom * f, grid, vol)
+    return Solution(f=f, fom=sol.fom, density=out, shape=grid, method=sol.method,
+                    stages=sol.stages, symmetric=True, confident=True,
+                    warnings=sol.warnings, peaks=None)

@@ -83,3 +83,48 @@ def test_overwrite_flag_replaces_on_purpose(tmp_path, alaala_mtz):
     out.write_text("old")
     assert _run([data, "-o", out, "--method", "network", "--overwrite", "-q"]) == 0
     assert out.stat().st_size > 1000
+
+
+def _p21_crystal(tmp_path):
+    """Two Ala-Ala copies related by the 2(1) screw in a P2(1) cell, data in the ASU."""
+    from pattersolve import synthetic
+    from pattersolve.simulate import miller_sphere, structure_factors
+
+    els, xyz = synthetic.ala_ala()
+    cell = gemmi.UnitCell(12, 16, 12, 90, 100, 90)
+    sg = gemmi.SpaceGroup("P 1 21 1")
+    c = xyz - xyz.mean(0)
+    frac0 = np.array([cell.fractionalize(gemmi.Position(*p)).tolist() for p in c]) + 0.25
+    frac = np.concatenate([np.array([op.apply_to_xyz(list(x)) for x in frac0])
+                           for op in sg.operations()]) % 1
+    full = miller_sphere(cell, 1.5, half=False)
+    f = structure_factors(frac, els * 2, 15.0, cell, full)
+    asu = gemmi.ReciprocalAsu(sg)
+    sel = np.array([asu.is_in([int(x) for x in h]) for h in full])
+    sel &= ~sg.operations().systematic_absences(full.astype(np.int32))
+    data, truth = tmp_path / "p21.mtz", tmp_path / "p21_truth.mtz"
+    amp = np.abs(f[sel])
+    synthetic.write_data_mtz(data, cell, full[sel], [("FP", "F", amp), ("SIGFP", "Q", 0.02 * amp)],
+                             spacegroup=sg)
+    synthetic.write_data_mtz(truth, cell, full[sel], synthetic.phase_columns(f[sel]),
+                             spacegroup=sg)
+    return data, truth
+
+
+def test_p21_solution_located_and_written_in_p21(tmp_path):
+    """Refinement works in P1; the symmetry check locates the origin, symmetrises, and the
+    map and MTZ come out in P2(1) with the crystal's permitted-origin phases."""
+    data, truth = _p21_crystal(tmp_path)
+    out = tmp_path / "o.map"
+    assert _run([data, "-o", out, "--method", "classical", "--json", tmp_path / "s.json",
+                 "-q"]) == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["spacegroup_out"] == "P 1 21 1" and summary["confident"] is True
+    assert summary["stages"]["symmetry_check"]["mean_agreement"] > 0.9
+    assert gemmi.read_ccp4_map(str(out)).grid.spacegroup.hm == "P 1 21 1"
+    cell, sg, hkl_r, f_r = read_map_coefficients(truth)
+    _, sg_t, hkl_t, f_t = read_map_coefficients(tmp_path / "o.mtz", "FWT", "PHWT")
+    assert sg_t.hm == "P 1 21 1" and len(hkl_t) == len(hkl_r)
+    m = _phase_error(truth, tmp_path / "o.mtz")
+    assert m.weighted_error < 10, m.to_dict()
+    assert abs(m.shift[0] * 2 - round(m.shift[0] * 2)) < 1e-6  # a permitted P2(1) origin
