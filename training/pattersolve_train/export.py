@@ -118,8 +118,11 @@ def _model_card(name: str, meta: dict[str, str], cfg: TrainConfig, ckpt: dict[st
         "so no test entry is in the training set)",
         f"- residues: {cfg.data.residues}, fragment length {cfg.data.length}, B = "
         f"{cfg.data.b_iso if cfg.data.b_iso is not None else 'from the PDB'} A^2",
-        f"- cell: {meta['cell']} A, d_min {meta['d_min']} A, grid spacing "
-        f"{meta['grid_spacing']} A", "",
+        (f"- cell: {meta['cell']} A" if cfg.data.cell else
+         f"- cells: packed, one per example, edges = the rotated fragment's extent + "
+         f"{cfg.data.padding} A rounded up to {cfg.data.cell_round} A")
+        + f"; d_min {meta['d_min']} A, grid spacing {meta['grid_spacing']} A"
+        + ("; random orientations" if cfg.data.rotation else ""), "",
         "## Training", "",
         f"- {ckpt.get('step')} steps of {cfg.batch_size * cfg.grad_accum} examples "
         f"({ckpt.get('examples_seen')} example passes), {cfg.optimizer}, lr {cfg.lr:g}, "
@@ -151,9 +154,11 @@ def _model_card(name: str, meta: dict[str, str], cfg: TrainConfig, ckpt: dict[st
             lines.append(f"| {b['d_low']:.2f}-{b['d_high']:.2f} | "
                          f"{b['mean_weighted_error']:.1f} | {b['floor_mean_weighted_error']:.1f} | "
                          f"{b['fraction_under_60']:.2f} | {b['floor_fraction_under_60']:.2f} |")
-    lines += ["", "Classical phase retrieval (RAAR + shrink-wrap) already solves these synthetic "
-              "1.5 A cells to ~3 deg (PHASING_NOTES.md); the network's role in pattersolve is the "
-              "starting density for that refinement.", ""]
+    lines += ["", "These are the network's own numbers. In pattersolve the prediction is the "
+              "starting density and support of projection refinement: BENCHMARKS.md "
+              "(`python bench/bench_phasing.py`) puts the network alone, classical refinement "
+              "from random phases, network + refinement and random phases side by side for "
+              "this regime.", ""]
     return "\n".join(lines)
 
 
@@ -271,6 +276,9 @@ def export_model(run_dir: str | os.PathLike[str], name: str,
                                                     weights_dtype))
         if target.exists():
             shutil.rmtree(target)
+        work.chmod(0o755)  # mkdtemp makes 0700: a published model is world-readable
+        for child in work.iterdir():
+            child.chmod(0o644)
         os.replace(work, target)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
