@@ -71,8 +71,8 @@ REGIMES = {
 }
 
 
-def fragments(regime: Regime, n: int, seed: int) -> list:
-    """``n`` test-split fragments, a seeded random subset spread over entries."""
+def fragments(regime: Regime, n: int, seed: int, split: str = "test") -> list:
+    """``n`` fragments of a split, a seeded random subset spread over entries."""
     from pattersolve_train.prepare import PrepareOptions, prepare
     from pattersolve_train.shards import load_split
 
@@ -81,7 +81,7 @@ def fragments(regime: Regime, n: int, seed: int) -> list:
         opts = PrepareOptions(length=regime.length, dialanine=regime.dialanine,
                               max_per_entry=8, max_entries=40)
         prepare(None, out, opts, progress=False)
-    frags = load_split(out, "test")
+    frags = load_split(out, split)
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(frags))[:n]
     return [frags[i] for i in sorted(idx)]
@@ -109,7 +109,8 @@ def cell_grid(refl: Reflections) -> tuple[int, int, int]:
     return cell_grid_shape(refl.cell, refl.spacegroup, refl.hkl, refl.d_min)
 
 
-def run_regime(regime: Regime, n: int, seed: int, starts: int, cycles: int) -> dict:
+def run_regime(regime: Regime, n: int, seed: int, starts: int, cycles: int,
+               split: str = "test") -> dict:
     from pattersolve.runtime import Predictor, list_models
 
     models = {m.name: m for m in list_models()}
@@ -119,7 +120,7 @@ def run_regime(regime: Regime, n: int, seed: int, starts: int, cycles: int) -> d
     methods = ["random", "classical"] + (["network", "hybrid"] if predictor else [])
     rows: dict[str, list[dict]] = {m: [] for m in methods}
     rng = np.random.default_rng(seed)
-    frags = fragments(regime, n, seed)
+    frags = fragments(regime, n, seed, split)
     for k, frag in enumerate(frags):
         refl, f_true = make_data(regime, frag, rng)
         shape = cell_grid(refl)
@@ -196,6 +197,8 @@ def main() -> None:
     ap.add_argument("--starts", type=int, default=4)
     ap.add_argument("--cycles", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--split", default="test", choices=["test", "val"],
+                    help="val for tuning (never tune on the test split)")
     ap.add_argument("--json", dest="json_out")
     ap.add_argument("--plot")
     args = ap.parse_args()
@@ -203,11 +206,13 @@ def main() -> None:
     results = []
     for name in args.regimes.split(","):
         t0 = time.perf_counter()
-        results.append(run_regime(REGIMES[name], args.n, args.seed, args.starts, args.cycles))
+        results.append(run_regime(REGIMES[name], args.n, args.seed, args.starts, args.cycles,
+                                  args.split))
         print(f"# {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"\nMachine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}; {dt.date.today().isoformat()}; {args.n} test-split "
-          f"maps per regime, {args.starts} starts x {args.cycles} cycles, seed {args.seed}\n")
+          f"{platform.python_version()}; {dt.date.today().isoformat()}; {args.n} "
+          f"{args.split}-split maps per regime, {args.starts} starts x {args.cycles} "
+          f"cycles, seed {args.seed}\n")
     print(table(results))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=1))
