@@ -189,6 +189,10 @@ def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path
                                "choose another output name", ExitCode.OUTPUT)
 
     log.info("%s %s", PROGRAM, __version__)
+    log.info("parameters: method=%s model=%s backend=%s device=%s cycles=%d starts=%d seed=%d "
+             "d_min=%s d_max=%s labels=%s cell=%s spacegroup=%s", method, model or "default",
+             backend, device, cycles, starts, seed, d_min, d_max,
+             {k: v for k, v in labels.items() if v} or "auto", cell, spacegroup)
     refl = read_reflections(input_file, d_min=d_min, d_max=d_max, cell=cell,
                             spacegroup=spacegroup, **labels)
     s = refl.summary
@@ -270,19 +274,28 @@ def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path
         hkl_out, f_out, fom_out = refl.hkl, sol.f, sol.fom
         amp_out, sig_out, free_out = refl.amplitude, refl.sigma, refl.free
     hl = fom_to_hl(fom_out, np.angle(f_out))
-    write_ccp4_map(map_out, sol.density, refl.cell, sg_out, history, overwrite)
-    write_phased_mtz(mtz_out, refl.mtz, hkl_out, amp_out, sig_out, free_out,
-                     f_out, fom_out, hl, sg_out, history, overwrite)
-    log.info("wrote map %s and phased MTZ %s (%s)", map_out, mtz_out, sg_out.hm)
-    n_peaks = None
-    if peaks_out is not None:
-        from .peaks import find_peaks, write_peaks_pdb
+    written: list[Path] = []  # outputs of this run, removed again if a later one fails
+    try:
+        written.append(write_ccp4_map(map_out, sol.density, refl.cell, sg_out, history,
+                                      overwrite))
+        written.append(write_phased_mtz(mtz_out, refl.mtz, hkl_out, amp_out, sig_out,
+                                        free_out, f_out, fom_out, hl, sg_out, history,
+                                        overwrite))
+        log.info("wrote map %s and phased MTZ %s (%s)", map_out, mtz_out, sg_out.hm)
+        n_peaks = None
+        if peaks_out is not None:
+            from .peaks import find_peaks, write_peaks_pdb
 
-        peaks = sol.peaks if sol.peaks is not None else find_peaks(
-            sol.density, refl.cell, sg_out, n_max=settings.PEAKS_MAX)
-        write_peaks_pdb(peaks_out, peaks, refl.cell, sg_out, overwrite=overwrite)
-        n_peaks = len(peaks)
-        log.info("wrote %d peaks to %s", n_peaks, peaks_out)
+            peaks = sol.peaks if sol.peaks is not None else find_peaks(
+                sol.density, refl.cell, sg_out, n_max=settings.PEAKS_MAX)
+            written.append(write_peaks_pdb(peaks_out, peaks, refl.cell, sg_out,
+                                           overwrite=overwrite))
+            n_peaks = len(peaks)
+            log.info("wrote %d peaks to %s", n_peaks, peaks_out)
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
     summary: dict[str, Any] = {
         "program": PROGRAM, "version": __version__, "input": s,
         "method": method, "method_reason": reason, "map": str(map_out), "mtz": str(mtz_out),
@@ -299,7 +312,12 @@ def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path
         "seconds": round(time.perf_counter() - t_start, 3),
     }
     if json_out is not None:
-        write_json(json_out, summary, overwrite)
+        try:
+            write_json(json_out, summary, overwrite)
+        except BaseException:
+            for p in written:
+                p.unlink(missing_ok=True)
+            raise
         log.info("wrote summary %s", json_out)
     return summary
 

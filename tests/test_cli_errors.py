@@ -141,3 +141,21 @@ def test_help_is_fast_and_has_examples():
     assert "Examples:" in out.stdout and "--method" in out.stdout
     imported = out.stderr
     assert " torch" not in imported and "onnxruntime" not in imported
+
+
+def test_failure_while_writing_leaves_no_outputs(tmp_path, capsys, alaala_mtz, monkeypatch):
+    """The map is written first; if the MTZ then fails (disk full, say), the map goes too."""
+    from pattersolve import output
+    from pattersolve.errors import PattersolveError
+
+    def disk_full(*args, **kwargs):
+        raise PattersolveError("could not write o.mtz: No space left on device",
+                               "check the disk", ExitCode.OUTPUT)
+
+    monkeypatch.setattr(output, "write_phased_mtz", disk_full)
+    data, _ = alaala_mtz
+    code, err = run_cli([data, "-o", tmp_path / "o.map", "--method", "classical",
+                         "--cycles", "20", "--starts", "1"], capsys)
+    assert_one_line_error(code, err, ExitCode.OUTPUT)
+    assert not (tmp_path / "o.map").exists() and not (tmp_path / "o.mtz").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.mtz", "truth.mtz"]
