@@ -71,7 +71,15 @@ def domain_warnings(cell: gemmi.UnitCell, d_min: float, n_reflections: int,
             out.append(
                 f"the data ({d_min:.2f} A) are of lower resolution than the network was "
                 f"trained on ({train_d:.2f} A): expect a blurred, less reliable prediction")
-        if atoms_cell > 2 * TRAINING_MAX_ATOMS:
+        train_cell = info.get("cell")
+        same_cell = (train_cell is not None and not isinstance(train_cell, (int, float, str))
+                     and len(train_cell) == 3 and all(
+                         abs(e / t - 1) < 0.1 for e, t in zip(
+                             sorted((cell.a, cell.b, cell.c)), sorted(train_cell), strict=True)))
+        # The count assumes a crystal packed at ~18 A^3 per atom. In the model's own training
+        # cell (one fragment in a mostly empty box) that assumption, not the data, is wrong:
+        # the cell volume alone cannot tell a packed crystal from a sparse cell there.
+        if atoms_cell > 2 * TRAINING_MAX_ATOMS and not same_cell:
             out.append(
                 f"the cell holds about {atoms_cell:.0f} non-hydrogen atoms "
                 f"({n_ops} asymmetric unit(s) of ~{atoms_asu:.0f}); the network was trained "

@@ -169,3 +169,20 @@ def test_domain_warnings_and_method_choice():
     big = gemmi.UnitCell(60, 70, 80, 90, 90, 90)
     text = " ".join(domain_warnings(big, 2.5, 20000, gemmi.SpaceGroup("P 21 21 21")))
     assert "larger than" in text and "lower resolution" in text
+
+
+def test_no_atom_count_warning_in_the_models_own_cell():
+    """The packed-crystal atom count (18 A^3 per atom) is not applied to the training cell."""
+    import gemmi
+
+    from pattersolve.domain import domain_warnings
+
+    cube = gemmi.UnitCell(10, 10, 10, 90, 90, 90)
+    model = {"cell": [10.0, 10.0, 10.0], "d_min": 1.5}
+    w = domain_warnings(cube, 1.5, 618, gemmi.SpaceGroup("P 1"), model_info=model,
+                        method="hybrid")
+    assert not any("non-hydrogen atoms" in x for x in w), w
+    big = gemmi.UnitCell(22, 5, 24, 90, 107, 90)
+    w = domain_warnings(big, 1.8, 495, gemmi.SpaceGroup("P 1 21 1"), model_info=model,
+                        method="hybrid")
+    assert any("non-hydrogen atoms" in x for x in w), w
