@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import click
@@ -114,6 +115,9 @@ def run(ref: str, test: str, ref_labels: str | None, test_labels: str | None,
     for out in (plot, json_path):  # refuse before any work, like pattersolve itself
         if out:
             check_writable(out, overwrite)
+    if plot and importlib.util.find_spec("matplotlib") is None:
+        raise PattersolveError("--plot needs matplotlib", "pip install 'pattersolve[plot]'",
+                               ExitCode.USAGE)
     cell, sg, hkl_r, f_r = read_map_coefficients(ref, *_labels(ref_labels, "--ref-labels"))
     cell_t, sg_t, hkl_t, f_t = read_map_coefficients(test, *_labels(test_labels, "--test-labels"))
     if sg_t.number != sg.number:
