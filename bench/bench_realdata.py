@@ -105,9 +105,7 @@ def peptide_methods(seeds: int) -> None:
     from pattersolve.runtime import Predictor, list_models, resolve_model
     from pattersolve.solve import solve
 
-    predictor = None
-    if list_models():
-        predictor = Predictor(resolve_model(None), backend="auto", device="cpu", threads=1)
+    have_models = bool(list_models())
     print("\n| data | method | seed | seconds | R(amplitude) | phase err. w / unw. (deg, P1 "
           "search) | map CC | random floor (deg, P1 search) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -117,6 +115,10 @@ def peptide_methods(seeds: int) -> None:
         f_model = structure_factors(frac, el, b, refl.cell, refl.hkl, occ)
         floor = random_phase_floor(refl.hkl, f_model, refl.cell, 0, trials=3)
         shape = cell_grid_shape(refl.cell, refl.spacegroup, refl.hkl, refl.d_min)
+        predictor = None
+        if have_models:  # the model the command would choose for these data
+            info = resolve_model(None, (refl.cell.a, refl.cell.b, refl.cell.c), refl.d_min)
+            predictor = Predictor(info, backend="auto", device="cpu", threads=1)
         for method in ("classical", "hybrid", "network"):
             if method != "classical" and predictor is None:
                 continue
@@ -127,7 +129,8 @@ def peptide_methods(seeds: int) -> None:
                 m = match_phases(refl.hkl, f_model, sol.f, refl.cell)
                 r = sol.stages.get("refinement", sol.stages.get("network", {}))
                 res = r.get("amplitude_residual_final", r.get("amplitude_residual", float("nan")))
-                print(f"| {name} | {method} | {seed} | {sec:.1f} | {res:.3f} | "
+                label = method if method == "classical" else f"{method} ({predictor.model.name})"
+                print(f"| {name} | {label} | {seed} | {sec:.1f} | {res:.3f} | "
                       f"{m.weighted_error:.1f} / {m.unweighted_error:.1f} | {m.map_cc:.3f} | "
                       f"{floor.weighted_error:.0f} |", flush=True)
 

@@ -140,3 +140,26 @@ def test_config_errors(tmp_path: Path) -> None:
         T.load_config(bad)
     with pytest.raises(PattersolveError, match="not found"):
         T.load_config(tmp_path / "missing.toml")
+
+
+def test_init_from_shipped_model_loads_its_weights():
+    """--init: continue a shipped model (e.g. on a GPU); a config mismatch is refused."""
+    import torch
+    from pattersolve_train.train import build_model, initialise_from, load_config
+    from safetensors.torch import load_file
+
+    from pattersolve.errors import PattersolveError
+    from pattersolve.runtime import resolve_model
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(repo / "training" / "configs" / "alaala_10A.toml")
+    model = build_model(cfg, torch.device("cpu"))
+    done = initialise_from(model, cfg, "alaala-10A")
+    info = resolve_model("alaala-10A")
+    assert done["sha256"] == info.card["sha256"]["model.safetensors"]
+    shipped = load_file(str(info.path / "model.safetensors"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, shipped[key].to(value.dtype)), key
+    tiny = load_config(repo / "training" / "configs" / "tiny.toml")
+    with pytest.raises(PattersolveError):
+        initialise_from(build_model(tiny, torch.device("cpu")), tiny, "alaala-10A")

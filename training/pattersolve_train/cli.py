@@ -105,15 +105,20 @@ def prepare(source: Path | None, out: Path, split_dir: Path | None, length: int,
                    "later --resume continues the same run).")
 @click.option("--shards", type=click.Path(path_type=Path), default=None,
               help="Override the config's shard directory.")
+@click.option("--init", "init_from", metavar="MODEL",
+              help="Start from a shipped model's weights (name or models/<name>), e.g. to "
+                   "continue a CPU-trained model on a GPU.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def fit(config_path: Path | None, out: Path | None, resume: bool, max_steps: int | None,
-        shards: Path | None, quiet: bool) -> None:
+        shards: Path | None, init_from: str | None, quiet: bool) -> None:
     """Train a network (checkpoints every N steps and on Ctrl-C / SIGTERM).
 
     \b
     Examples:
       pattersolve-train fit --config training/configs/cpu_1b.toml --out runs/cpu_1b
       pattersolve-train fit --out runs/cpu_1b --resume
+      pattersolve-train fit --config training/configs/alaala_10A.toml --init alaala-10A \\
+          --out runs/alaala-10A-gpu
       torchrun --nproc_per_node 2 -m pattersolve_train.cli fit --config X.toml --out runs/x
     """
     _cpu_env()
@@ -132,7 +137,8 @@ def fit(config_path: Path | None, out: Path | None, resume: bool, max_steps: int
         saved = config_for_run(out)  # a run resumes with its own shard path unless overridden
         cfg = with_overrides(cfg, shards=None if shards else saved.shards)
     run_dir = out if out is not None else Path("runs") / cfg.name
-    result = run_fit(cfg, run_dir, resume=resume, stop_at=max_steps, progress=not quiet)
+    result = run_fit(cfg, run_dir, resume=resume, stop_at=max_steps, progress=not quiet,
+                     init_from=init_from)
     if int(os.environ.get("RANK", "0")) == 0:
         state = "interrupted, checkpoint saved" if result.interrupted else "done"
         m = result.last_metrics

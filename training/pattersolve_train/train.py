@@ -448,6 +448,30 @@ def build_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
     return model
 
 
+def initialise_from(model: nn.Module, cfg: TrainConfig, model_ref: str) -> dict[str, str]:
+    """Load a shipped model's weights (``models/<name>`` or a folder) into ``model``.
+
+    For continuing a model on other hardware (e.g. the CPU-trained release models on a GPU):
+    the weights are checksum-verified safetensors (never a pickle) and the network config
+    must equal ``cfg.network``. The optimiser state and data position start afresh; use
+    ``--resume`` on a run directory for an exact continuation instead.
+    """
+    from safetensors.torch import load_file
+
+    from pattersolve.runtime import resolve_model
+
+    info = resolve_model(model_ref)
+    if NetworkConfig.from_json(info.metadata["config"]) != cfg.network:
+        raise PattersolveError(f"model {info.name} has another network config than the "
+                               "training config", "use the model's own config "
+                               "(its card.json 'training' entry)", ExitCode.USAGE)
+    path = info.weight_file("model.safetensors")
+    state = {k: v.float() if v.is_floating_point() else v
+             for k, v in load_file(str(path)).items()}
+    model.load_state_dict(state)
+    return {"name": info.name, "sha256": sha256_file(path)}
+
+
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """Adam or AdamW with the configured weight decay."""
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -479,7 +503,8 @@ def _read_metrics(path: Path, upto: int) -> list[str]:
 
 
 def fit(cfg: TrainConfig, run_dir: str | os.PathLike[str], resume: bool = False,
-        stop_at: int | None = None, progress: bool = True) -> FitResult:
+        stop_at: int | None = None, progress: bool = True,
+        init_from: str | None = None) -> FitResult:
     """Train (or resume) a run in ``run_dir``.
 
     Parameters
@@ -495,6 +520,8 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike[str], resume: bool = False,
         configured run, so a later resume continues it exactly).
     progress
         Show a tqdm bar (rank 0 only).
+    init_from
+        Start a new run from a shipped model's weights (:func:`initialise_from`).
     """
     from tqdm import tqdm
 
@@ -556,6 +583,11 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike[str], resume: bool = False,
     model = build_model(cfg, device)
     optimizer = build_optimizer(cfg, model)
     step, wall_before, examples_seen = 0, 0.0, 0
+    if resume and init_from:
+        raise PattersolveError("--init and --resume exclude each other",
+                               "--resume continues a run; --init starts a new one",
+                               ExitCode.USAGE)
+    initialised = initialise_from(model, cfg, init_from) if init_from else None
     if resume:
         meta = load_checkpoint(run_dir, model, optimizer)
         step, wall_before = int(meta["step"]), float(meta["wall_time"])
@@ -584,7 +616,7 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike[str], resume: bool = False,
                 "wall_time": wall_before + time.perf_counter() - t_start,
                 "hardware": hardware, "n_parameters": count_parameters(raw_model),
                 "n_train_fragments": len(train_ds), "n_train_dropped": train_ds.n_dropped,
-                "training_data": manifest["sha256"]}
+                "training_data": manifest["sha256"], "init_from": initialised}
 
     # --- signals: finish the step, checkpoint, exit ----------------------------------------
     stop_signal: dict[str, int] = {}
