@@ -5,8 +5,14 @@ Methods (``--method``):
 * ``network``: the network's prediction alone (phases of its structure factors);
 * ``classical``: projection refinement (RAAR + shrink-wrap + ER) from random phases, support
   from the Patterson map, no network;
-* ``hybrid`` (default): the network's prediction gives the starting phases and the support,
-  then the same refinement against the measured amplitudes.
+* ``hybrid``: the network's prediction gives the starting phases and the support, then the
+  same refinement against the measured amplitudes (what ``--method auto`` picks below atomic
+  resolution);
+* ``chargeflip``: charge flipping with origin location (:func:`solve_chargeflip`; what
+  ``auto`` picks at atomic resolution in small cells).
+
+Every P1 solution of data in another space group then goes through
+:func:`locate_in_spacegroup`.
 
 The prediction is made on the model's grid (its recorded spacing), from the Patterson of the
 reflections the model's resolution covers, normalised exactly as in training (per-map
