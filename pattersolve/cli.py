@@ -135,8 +135,9 @@ def pattersolve_command(input_file: Path | None, map_out: Path | None, mtz_out: 
                         sigi_label: str | None, f_label: str | None, sigf_label: str | None,
                         free_label: str | None, cell_text: str | None, spacegroup: str | None,
                         overwrite: bool, quiet: bool, verbose: bool) -> None:
-    """Phase X-ray data from its Patterson map: a trained 3D U-net predicts the density,
-    projection refinement (RAAR + shrink-wrap) fits it to the measured amplitudes.
+    """Phase X-ray data from its Patterson map: a trained 3D convolutional network predicts
+    the density, projection refinement (RAAR + shrink-wrap) fits it to the measured
+    amplitudes; atomic-resolution data of small cells are phased by charge flipping.
 
     INPUT is an MTZ (amplitudes or intensities; any space group), an mmCIF structure-factor
     file or a SHELX HKLF4 .hkl file. Writes a CCP4 map (-o) and a phased MTZ beside it.
