@@ -159,3 +159,20 @@ def test_failure_while_writing_leaves_no_outputs(tmp_path, capsys, alaala_mtz, m
     assert_one_line_error(code, err, ExitCode.OUTPUT)
     assert not (tmp_path / "o.map").exists() and not (tmp_path / "o.mtz").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.mtz", "truth.mtz"]
+
+
+def test_corrupt_model_file(tmp_path, capsys, alaala_mtz):
+    import shutil
+
+    from pattersolve.runtime import resolve_model
+
+    copy = tmp_path / "model"
+    shutil.copytree(resolve_model("alaala-10A").path, copy)
+    weights = copy / "model.onnx"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated download
+    data, _ = alaala_mtz
+    code, err = run_cli([data, "-o", tmp_path / "o.map", "--model", copy, "--backend", "onnx"],
+                        capsys)
+    assert_one_line_error(code, err, ExitCode.MODEL)
+    assert "checksum" in err
+    assert not (tmp_path / "o.map").exists() and not (tmp_path / "o.mtz").exists()
