@@ -87,3 +87,22 @@ def test_prepare_fit_evaluate_export(tmp_path: Path, train_synthetic_source: Pat
                  "--models-dir", str(models)]) == 9
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "exists" in err and "Traceback" not in err
+
+    # ... and the exported model runs in the command, both backends, network and hybrid
+    from pattersolve import synthetic
+    from pattersolve.cli import main as pattersolve_main
+
+    els, xyz = synthetic.ala_ala()
+    sim = synthetic.simulate_fragment(els, xyz, d_min=2.0)
+    data = tmp_path / "data.mtz"
+    synthetic.write_data_mtz(data, sim.placement.cell, sim.hkl,
+                             synthetic.measured_columns(sim.f, np.random.default_rng(0)))
+    for method, backend in (("network", "onnx"), ("hybrid", "torch")):
+        stem = tmp_path / f"{method}-{backend}"
+        with pytest.raises(SystemExit) as exc:
+            pattersolve_main([str(data), "-o", f"{stem}.map", "--model", str(out), "--method",
+                              method, "--backend", backend, "--json", f"{stem}.json", "-q"])
+        assert exc.value.code == 0
+        summary = json.loads(Path(f"{stem}.json").read_text())
+        assert summary["stages"]["network"]["model"] == "tiny-test"
+        assert Path(f"{stem}.mtz").is_file()
