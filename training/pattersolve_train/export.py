@@ -272,8 +272,12 @@ def export_model(run_dir: str | os.PathLike[str], name: str,
                 "export": {"weights_dtype": weights_dtype, "fp16_max_diff": fp16_diff,
                            "onnx_max_diff": onnx_diff, "step": ckpt.get("step")}}
         (work / "card.json").write_text(json.dumps(card, indent=1) + "\n")
-        (work / "README.md").write_text(_model_card(name, meta, cfg, ckpt, evaluation, sums,
-                                                    weights_dtype))
+        plots = sorted((run_dir / "evaluation").glob("*.png"))
+        for png in plots:  # the evaluation's figures travel with the card
+            shutil.copyfile(png, work / png.name)
+        (work / "README.md").write_text(
+            _model_card(name, meta, cfg, ckpt, evaluation, sums, weights_dtype)
+            + "".join(f"\n![{png.stem}]({png.name})\n" for png in plots))
         if target.exists():
             shutil.rmtree(target)
         work.chmod(0o755)  # mkdtemp makes 0700: a published model is world-readable
