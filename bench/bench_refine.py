@@ -4,10 +4,11 @@ Run on one core (the numbers in BENCHMARKS.md are taken this way)::
 
     OMP_NUM_THREADS=1 python bench/bench_refine.py [--maps 5] [--device numpy]
 
-Each row: a hand-written Ala-Ala-like dipeptide (11 atoms, B = 15) in a random orientation
+Each row: the Ala-Ala dipeptide of PDB 1AKZ 113-114 (10 atoms, B = 15) in a random orientation
 in a cubic P1 cell, exact amplitudes to 1.5 A, F000 estimated (Patterson, then
 self-consistent). Classical: random starting phases, Patterson support. Hybrid: a degraded
-"prediction" (true map blurred by B = 40, phases 60 degrees off on average, 10 % map noise).
+"prediction" (pattersolve.synthetic.degraded_prediction: true map blurred by B = 40, phases
+60 degrees off on average, 10 % map noise).
 Phase error: amplitude-weighted mean |dphi| after the best origin shift and hand
 (pattersolve.phasematch), with the random-phase floor beside it. Prints a markdown table.
 """
@@ -24,30 +25,21 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from pattersolve import simulate as sim  # noqa: E402
+from pattersolve import synthetic  # noqa: E402
 from pattersolve.phasematch import match_phases, random_phase_floor  # noqa: E402
 from pattersolve.refine import refine_phases  # noqa: E402
 
-ALA_ALA = np.array([
-    [0.00, 0.00, 0.00], [1.46, 0.00, 0.00], [2.00, 1.42, 0.00], [1.25, 2.39, 0.00],
-    [1.95, -0.75, 1.23], [3.33, 1.55, 0.00], [3.96, 2.86, 0.00], [5.47, 2.75, 0.00],
-    [6.06, 1.67, 0.00], [6.10, 3.83, 0.00], [3.45, 3.65, 1.20],
-])
-ELEMENTS = ["N", "C", "C", "O", "C", "N", "C", "C", "O", "O", "C"]
+ELEMENTS, ALA_ALA = synthetic.ala_ala()  # PDB 1AKZ 113-114, truncated at CB
 
 
 def _example(cell_length: float, seed: int, d_min: float, spacing: float):
     rng = np.random.default_rng(seed)
-    pl = sim.place_fragment(ALA_ALA, ELEMENTS, cell_lengths=[cell_length] * 3,
-                            rotation=sim.random_rotation(rng))
-    hkl = sim.miller_sphere(pl.cell, d_min)
-    f = sim.structure_factors(pl.frac, ELEMENTS, 15.0, pl.cell, hkl)
-    shape = sim.grid_shape_for_spacing(pl.cell, spacing)
-    s2 = sim.reciprocal_s2(pl.cell, hkl)
-    dphi = rng.uniform(-np.radians(120), np.radians(120), len(hkl))
-    rho = sim.density_map(hkl, f * np.exp(-10.0 * s2) * np.exp(1j * dphi), shape,
-                          pl.cell.volume)
-    rho += rng.normal(0.0, 0.1 * rho.std(), rho.shape)
-    return pl.cell, hkl, f, shape, sim.scale_to_unit_range(rho)
+    sd = synthetic.simulate_fragment(ELEMENTS, ALA_ALA, d_min, cell_lengths=[cell_length] * 3,
+                                     rotation=sim.random_rotation(rng))
+    cell = sd.placement.cell
+    shape = sim.grid_shape_for_spacing(cell, spacing)
+    pred, _ = synthetic.degraded_prediction(cell, sd.hkl, sd.f, shape, rng)
+    return cell, sd.hkl, sd.f, shape, pred
 
 
 def main() -> None:

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 import gemmi
 import numpy as np
 
-from .simulate import Placement, miller_sphere, place_fragment, structure_factors
+from .simulate import (
+    Placement,
+    density_map,
+    miller_sphere,
+    place_fragment,
+    reciprocal_s2,
+    scale_to_unit_range,
+    structure_factors,
+)
 
 #: An Ala-Ala dipeptide (residues 113-114 of PDB 1AKZ, a test-split entry, truncated at CB):
 #: element, Cartesian x, y, z (A). Used as a small fixed example; real fragments come from
@@ -99,3 +107,26 @@ def phase_columns(f: np.ndarray, labels: tuple[str, str] = ("FC", "PHIC")
                   ) -> list[tuple[str, str, np.ndarray]]:
     """Amplitude/phase columns of complex F (phases in degrees)."""
     return [(labels[0], "F", np.abs(f)), (labels[1], "P", np.degrees(np.angle(f)))]
+
+
+def degraded_prediction(cell: gemmi.UnitCell, hkl: np.ndarray, f: np.ndarray,
+                        shape: Sequence[int], rng: np.random.Generator, b_blur: float = 40.0,
+                        max_phase_error: float = 120.0, noise: float = 0.1
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """A stand-in for an imperfect network prediction, for tests and benchmarks of refinement.
+
+    The true structure factors blurred by ``b_blur`` (A^2), each phase moved by a uniform
+    error in ``+-max_phase_error`` degrees (60 deg on average for 120), Gaussian map noise of
+    ``noise`` times the map's r.m.s., scaled to [-1, 1] like the network's output.
+
+    Returns
+    -------
+    density, f_degraded
+        The map on ``shape`` and the degraded structure factors on ``hkl``.
+    """
+    s2 = reciprocal_s2(cell, hkl)
+    dphi = rng.uniform(-np.radians(max_phase_error), np.radians(max_phase_error), len(hkl))
+    f_bad = f * np.exp(-b_blur * s2 / 4.0) * np.exp(1j * dphi)
+    rho = density_map(hkl, f_bad, shape, cell.volume)
+    rho += rng.normal(0.0, noise * rho.std(), rho.shape)
+    return scale_to_unit_range(rho), f_bad

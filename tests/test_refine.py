@@ -6,39 +6,27 @@ import numpy as np
 import pytest
 
 from pattersolve import simulate as sim
+from pattersolve import synthetic
 from pattersolve.errors import ExitCode, PattersolveError
 from pattersolve.phasematch import align_phases, match_phases
 from pattersolve.phases import phase_error_deg
 from pattersolve.refine import amplitude_residual, refine_phases, sigmaa_fom
 
-# a hand-written Ala-Ala-like dipeptide (heavy atoms, A)
-ALA_ALA = np.array([
-    [0.00, 0.00, 0.00], [1.46, 0.00, 0.00], [2.00, 1.42, 0.00], [1.25, 2.39, 0.00],
-    [1.95, -0.75, 1.23], [3.33, 1.55, 0.00], [3.96, 2.86, 0.00], [5.47, 2.75, 0.00],
-    [6.06, 1.67, 0.00], [6.10, 3.83, 0.00], [3.45, 3.65, 1.20],
-])
-ELEMENTS = ["N", "C", "C", "O", "C", "N", "C", "C", "O", "O", "C"]
+# the Ala-Ala dipeptide of PDB 1AKZ 113-114 (pattersolve.synthetic), heavy atoms
+ELEMENTS, ALA_ALA = synthetic.ala_ala()
 
 
 def _fragment(cell_length=10.0, d_min=1.5, seed=0, spacing=0.6):
     rng = np.random.default_rng(seed)
-    pl = sim.place_fragment(ALA_ALA, ELEMENTS, cell_lengths=[cell_length] * 3,
-                            rotation=sim.random_rotation(rng))
-    hkl = sim.miller_sphere(pl.cell, d_min)
-    f = sim.structure_factors(pl.frac, ELEMENTS, 15.0, pl.cell, hkl)
-    shape = sim.grid_shape_for_spacing(pl.cell, spacing)
-    return pl.cell, hkl, f, shape
+    sd = synthetic.simulate_fragment(ELEMENTS, ALA_ALA, d_min, cell_lengths=[cell_length] * 3,
+                                     rotation=sim.random_rotation(rng))
+    cell = sd.placement.cell
+    return cell, sd.hkl, sd.f, sim.grid_shape_for_spacing(cell, spacing)
 
 
 def _degraded_prediction(cell, hkl, f, shape, seed=0):
     """True density blurred (B = 40), phases 60 degrees off on average, map noise, [-1, 1]."""
-    rng = np.random.default_rng(seed)
-    s2 = sim.reciprocal_s2(cell, hkl)
-    dphi = rng.uniform(-np.radians(120), np.radians(120), len(hkl))
-    f_bad = f * np.exp(-40.0 * s2 / 4.0) * np.exp(1j * dphi)
-    rho = sim.density_map(hkl, f_bad, shape, cell.volume, 0.0)
-    rho += rng.normal(0.0, 0.1 * rho.std(), rho.shape)
-    return sim.scale_to_unit_range(rho), f_bad
+    return synthetic.degraded_prediction(cell, hkl, f, shape, np.random.default_rng(seed))
 
 
 @pytest.fixture(scope="module")
