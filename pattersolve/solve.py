@@ -144,7 +144,7 @@ def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
         "amplitude_residual_start": round(float(res.residual_start), 4),
         "amplitude_residual_final": round(float(res.residual_final), 4),
         "starts": len(res.starts), "cycles": cycles, "seconds": round(float(res.seconds), 3),
-        "mean_fom": round(float(np.mean(res.fom)), 3),
+        "mean_fom": round(float(np.mean(res.fom)), 3), "device": device,
     }
     log.info("refinement (%s): R(amplitude) %.3f -> %.3f, %d starts, %.2f s",
              stages["refinement"]["start"], res.residual_start, res.residual_final,

@@ -544,6 +544,10 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike[str], resume: bool = False,
                                "of processes", ExitCode.USAGE)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
+    if device.type == "cuda":
+        # autotune convolutions for a fixed cell (one map shape); packed cells change shape
+        # every group, where autotuning each new shape costs more than it saves
+        torch.backends.cudnn.benchmark = cfg.data.cell is not None
 
     # --- run directory ---------------------------------------------------------------------
     has_ckpt = (run_dir / CHECKPOINT_JSON).is_file()
