@@ -74,6 +74,14 @@ def test_prepare_fit_evaluate_export(tmp_path: Path, train_synthetic_source: Pat
         want = net(torch.from_numpy(x)).numpy()
     assert got.shape == x.shape and np.abs(got - want).max() < 1e-4
     assert "Evaluation" in (out / "README.md").read_text()
+    # the ONNX file stores its weights in the safetensors file's precision
+    import onnx
+
+    inits = onnx.load(str(out / "model.onnx")).graph.initializer
+    big = [i for i in inits if np.prod(i.dims) >= 16]
+    want_type = {"fp16": onnx.TensorProto.FLOAT16, "fp32": onnx.TensorProto.FLOAT}[
+        card["export"]["weights_dtype"]]
+    assert big and all(i.data_type == want_type for i in big)
 
     # evaluating the exported model gives the run's numbers
     assert main(["evaluate", "--model", str(out), "--shards", str(shards), "--n", "6",
@@ -106,3 +114,42 @@ def test_prepare_fit_evaluate_export(tmp_path: Path, train_synthetic_source: Pat
         summary = json.loads(Path(f"{stem}.json").read_text())
         assert summary["stages"]["network"]["model"] == "tiny-test"
         assert Path(f"{stem}.mtz").is_file()
+
+
+def test_fp16_onnx_initializers_are_exact(tmp_path: Path) -> None:
+    """fp16 storage behind Casts computes exactly what the fp16-rounded torch model does."""
+    import warnings
+
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from pattersolve_train.export import fp16_initializers
+
+    from pattersolve.network import NetworkConfig, PattersonNet
+
+    torch.manual_seed(0)
+    net = PattersonNet(NetworkConfig(8, 8, 2, 3, 3, True, 2, True, True))
+    with torch.no_grad():
+        for t in net.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(t + 0.1 * torch.rand_like(t))  # non-trivial BatchNorm statistics
+                t.copy_(t.half().float())
+    net.eval()
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, 1, 8, 8, 8),), str(path), dynamo=False,
+                          opset_version=17, input_names=["patterson"],
+                          output_names=["density"], do_constant_folding=False,
+                          training=torch.onnx.TrainingMode.PRESERVE)
+    proto = onnx.load(str(path))
+    n32 = sum(i.data_type == onnx.TensorProto.FLOAT for i in proto.graph.initializer)
+    assert fp16_initializers(proto) == n32 - sum(
+        np.prod(i.dims) < 16 for i in proto.graph.initializer
+        if i.data_type == onnx.TensorProto.FLOAT)
+    onnx.checker.check_model(proto)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(2).uniform(-1, 1, (1, 1, 8, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    assert np.abs(sess.run(["density"], {"patterson": x})[0] - want).max() < 1e-5

@@ -117,8 +117,8 @@ def fit(config_path: Path | None, out: Path | None, resume: bool, max_steps: int
     Examples:
       pattersolve-train fit --config training/configs/cpu_1b.toml --out runs/cpu_1b
       pattersolve-train fit --out runs/cpu_1b --resume
-      pattersolve-train fit --config training/configs/alaala_10A.toml --init alaala-10A \\
-          --out runs/alaala-10A-gpu
+      pattersolve-train fit --config training/configs/gpu_1b.toml --init alaala-10A \\
+          --out runs/alaala-10A-more
       torchrun --nproc_per_node 2 -m pattersolve_train.cli fit --config X.toml --out runs/x
     """
     _cpu_env()
@@ -202,7 +202,7 @@ def export(run_dir: Path, name: str, models_dir: Path, task: str | None,
 
     result = export_model(run_dir, name, models_dir, task=task, overwrite=overwrite)
     click.echo(f"{result.directory}: weights {result.weights_dtype}, onnx max diff "
-               f"{result.onnx_max_diff:.2e}, fp16 max diff {result.fp16_max_diff:.2e}")
+               f"{result.onnx_max_diff:.2e}, fp16 change {result.fp16_rel_rms:.2e} (relative RMS)")
 
 
 def main(argv: list[str] | None = None) -> int:
