@@ -48,7 +48,9 @@ def test_torch_map_maker_cuda_matches_cpu(alaala):
                                                         occ.to(dev))]
     for cpu, gpu in zip(out["cpu"], out["cuda"], strict=True):
         assert np.isfinite(gpu).all()
-        assert _rel(gpu, cpu) < 1e-9  # float64 on both
+        # the maker computes in float32 (its default, the training path) on both devices:
+        # measured 2.6e-7 on an H100 (2026-11-24)
+        assert _rel(gpu, cpu) < 1e-5
 
 
 def test_torch_predictor_cuda_matches_cpu():
