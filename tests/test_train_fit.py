@@ -152,7 +152,7 @@ def test_init_from_shipped_model_loads_its_weights():
     from pattersolve.runtime import resolve_model
 
     repo = Path(__file__).resolve().parents[1]
-    cfg = load_config(repo / "training" / "configs" / "alaala_10A.toml")
+    cfg = load_config(repo / "training" / "configs" / "gpu_1b.toml")  # alaala-10A
     model = build_model(cfg, torch.device("cpu"))
     done = initialise_from(model, cfg, "alaala-10A")
     info = resolve_model("alaala-10A")
