@@ -93,7 +93,14 @@ def bench_torch_maps(frags: list, device: str, batch: int = 16, reps: int = 5) -
     return (time.perf_counter() - t0) / (batch * reps)
 
 
-def bench_training(name: str, frags: list, batch: int, steps: int) -> tuple[float, int]:
+def bench_training(name: str, frags: list, batch: int, steps: int, bucket: bool = False
+                   ) -> tuple[float, int, float, float]:
+    """Examples/s of full training steps, parameters, forward passes per step, regroup time.
+
+    Forward passes per step are counted over a whole chunk of 256 steps (placements only);
+    with ``bucket`` the chunk's regrouping by cell is timed on its own (once per 256 steps)
+    and the training rate over ``steps`` steps of the regrouped chunk.
+    """
     import torch
     from pattersolve_train import train as T
     from pattersolve_train.data import FragmentMaps
@@ -101,7 +108,8 @@ def bench_training(name: str, frags: list, batch: int, steps: int) -> tuple[floa
     from pattersolve.network import count_parameters
 
     cfg = T.load_config(CONFIGS / f"{name}.toml")
-    cfg = replace(cfg, data=replace(cfg.data, residues="all"), batch_size=batch, grad_accum=1)
+    cfg = replace(cfg, data=replace(cfg.data, residues="all"), batch_size=batch, grad_accum=1,
+                  bucket_by_cell=bucket, bucket_chunk=256)
     ds = FragmentMaps(frags, cfg.data, 0, "train")
     device = torch.device("cpu")
     model = T.build_model(cfg, device)
@@ -114,11 +122,20 @@ def bench_training(name: str, frags: list, batch: int, steps: int) -> tuple[floa
         T.forward_backward(model, [ds.batch(idx, epoch)], len(idx), cfg.loss_cc_weight, device)
         opt.step()
 
-    step(0)  # warm-up
+    step(spe)  # warm-up (epoch 1)
     t0 = time.perf_counter()
-    for s in range(1, steps + 1):
+    T.micro_batch_indices(ds, cfg, 0, 0, spe)  # regroups the chunk when bucketing
+    regroup = time.perf_counter() - t0
+    passes = []
+    for s in range(min(256, spe)):
+        idx, epoch = T.micro_batch_indices(ds, cfg, s, 0, spe)
+        passes.append(len({(p.cell.a, p.cell.b, p.cell.c)
+                           for p in (ds.placement(i, epoch) for i in idx)}))
+    t0 = time.perf_counter()
+    for s in range(steps):
         step(s)
-    return steps * batch / (time.perf_counter() - t0), count_parameters(model)
+    return (steps * batch / (time.perf_counter() - t0), count_parameters(model),
+            float(np.mean(passes)), regroup)
 
 
 def main() -> None:
@@ -157,9 +174,21 @@ def main() -> None:
     if not args.skip_paper:
         ala_cfgs.append(("paper_1b", 4, 2))
     for name, batch, steps in ala_cfgs:
-        rate, n_par = bench_training(name, ala, batch, steps)
+        rate, n_par, _, _ = bench_training(name, ala, batch, steps)
         rows.append((f"training {name} ({n_par / 1e6:.2f} M params), batch {batch}, CPU "
                      f"{args.threads} threads", f"{rate:.1f} examples/s"))
+    from pattersolve_train.prepare import PrepareOptions, extract_fragments, read_structure
+
+    tri = [f for ident, name, data in entries
+           for f in extract_fragments(read_structure(name, data), ident,
+                                      PrepareOptions(length=3))]
+    for bucket in (False, True):
+        rate, n_par, passes, regroup = bench_training("hard_tri", tri, 64, 6, bucket)
+        rows.append((f"training hard_tri ({n_par / 1e6:.2f} M params, packed cells), batch 64, "
+                     f"{'cell buckets (256-step chunks)' if bucket else 'no buckets'}, CPU "
+                     f"{args.threads} threads", f"{rate:.1f} examples/s, {passes:.1f} forward "
+                     f"passes/step" + (f", regrouping {regroup:.2f} s per chunk" if bucket
+                                       else "")))
 
     print(f"# pattersolve-train benchmark, {datetime.date.today().isoformat()}\n")
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "

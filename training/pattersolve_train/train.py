@@ -69,6 +69,11 @@ class TrainConfig:
     optimiser step sees ``batch_size * grad_accum`` examples whatever the world size. An
     epoch is ``n_train // (batch_size * grad_accum)`` steps.
 
+    Cell buckets (``bucket_by_cell``, packed cells): the epoch's order is cut into chunks of
+    ``bucket_chunk`` micro-batches, and each chunk is regrouped so that a micro-batch mostly
+    shares one cell (:meth:`FragmentMaps.bucketed_batches`): a few forward passes instead of
+    one per example. Batches stay a pure function of (seed, epoch, step).
+
     Schedules (``schedule``): ``"exp2"`` the paper's two-phase exponential decay, lr x
     ``gamma1`` per epoch for the first ``phase1_epochs`` epochs then x ``gamma2`` per epoch
     (``per_step = true`` decays continuously, by the same amount per epoch); ``"cosine"``
@@ -91,6 +96,8 @@ class TrainConfig:
     grad_accum: int = 1
     loss_cc_weight: float = 0.1
     grad_clip: float = 0.0
+    bucket_by_cell: bool = False
+    bucket_chunk: int = 64
     # [schedule]
     schedule: str = "exp2"
     gamma1: float = 0.86
@@ -185,10 +192,29 @@ def micro_batch_indices(ds: FragmentMaps, cfg: TrainConfig, step: int, micro: in
     """Fragment indices of one rank's share of micro-batch ``micro`` of ``step``, and the epoch."""
     epoch, pos = divmod(step, spe)
     order = ds.order(epoch)
-    start = (pos * cfg.grad_accum + micro) * cfg.batch_size
-    glob = order[start: start + cfg.batch_size]
+    g = pos * cfg.grad_accum + micro  # micro-batch number within the epoch
+    if cfg.bucket_by_cell:
+        chunk, j = divmod(g, cfg.bucket_chunk)
+        per_epoch = spe * cfg.grad_accum * cfg.batch_size
+        lo = chunk * cfg.bucket_chunk * cfg.batch_size
+        hi = min(lo + cfg.bucket_chunk * cfg.batch_size, per_epoch)
+        glob = _bucketed(ds, cfg, epoch, chunk, order[lo:hi])[j]
+    else:
+        start = g * cfg.batch_size
+        glob = order[start: start + cfg.batch_size]
     local = len(glob) // world
     return [int(i) for i in glob[rank * local: (rank + 1) * local]], epoch
+
+
+def _bucketed(ds: FragmentMaps, cfg: TrainConfig, epoch: int, chunk: int,
+              indices: np.ndarray) -> list[list[int]]:
+    """The micro-batches of one chunk (kept on the dataset: a chunk serves many steps)."""
+    key = (epoch, chunk, cfg.batch_size, cfg.bucket_chunk)
+    if key not in ds.chunk_cache:
+        ds.chunk_cache.clear()
+        ds.chunk_cache[key] = ds.bucketed_batches(indices, epoch, cfg.batch_size,
+                                                  (ds.seed, epoch, chunk))
+    return ds.chunk_cache[key]
 
 
 def lr_at(cfg: TrainConfig, step: int, spe: int, horizon: int) -> float:
