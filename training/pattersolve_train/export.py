@@ -171,7 +171,9 @@ def fp16_initializers(proto: Any) -> int:
 
     Halves the ONNX file of an fp16 model without changing the function it computes (the
     Cast back to float32 is exact); ONNX Runtime folds the casts and fuses BatchNorm into
-    the convolutions when it loads the model. Returns the number of converted tensors.
+    the convolutions when it loads the model (checked with onnxruntime 1.32: its optimised
+    graph of alaala-10A has no Cast or BatchNormalization left). Returns the number of
+    converted tensors.
     """
     from onnx import TensorProto, helper, numpy_helper
 

@@ -128,6 +128,8 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}")
         if (self.epochs is None) == (self.max_steps is None):
             raise ValueError("give exactly one of run.epochs and run.max_steps")
+        if self.bucket_chunk < 1:
+            raise ValueError(f"bucket_chunk must be >= 1, not {self.bucket_chunk}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dictionary (``data`` and ``network`` nested)."""
