@@ -1,7 +1,7 @@
 """CUDA paths: maps, inference, refinement, training and the command on a GPU.
 
 Every test here skips on a machine without CUDA (CI and most users); they run on a lent GPU
-(``bash training/gpu/session.sh`` runs them first) and compare each CUDA result with the
+(``python3 training/gpu/session.py start`` runs them first) and compare each CUDA result with the
 CPU path it replaces.
 """
 
