@@ -110,7 +110,7 @@ def cell_grid(refl: Reflections) -> tuple[int, int, int]:
 
 
 def run_regime(regime: Regime, n: int, seed: int, starts: int, cycles: int,
-               split: str = "test") -> dict:
+               split: str = "test", guided: bool | None = None) -> dict:
     from pattersolve.runtime import Predictor, list_models
 
     models = {m.name: m for m in list_models()}
@@ -130,7 +130,7 @@ def run_regime(regime: Regime, n: int, seed: int, starts: int, cycles: int,
                 m = random_phase_floor(refl.hkl, f_true, refl.cell, rng=np.random.default_rng(k))
             else:
                 sol = solve(refl, shape, method, predictor=predictor, cycles=cycles,
-                            starts=starts, seed=k)
+                            starts=starts, seed=k, guided=guided)
                 m = match_phases(refl.hkl, f_true, sol.f, refl.cell)
             rows[method].append({"weighted": m.weighted_error, "unweighted": m.unweighted_error,
                                  "cc": m.map_cc, "seconds": time.perf_counter() - t0,
@@ -199,6 +199,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--split", default="test", choices=["test", "val"],
                     help="val for tuning (never tune on the test split)")
+    ap.add_argument("--guided", default="auto", choices=["auto", "on", "off"],
+                    help="hybrid's guided first start: by the cell's packing (shipped), "
+                    "always, or never (the hand-over before it)")
     ap.add_argument("--json", dest="json_out")
     ap.add_argument("--plot")
     args = ap.parse_args()
@@ -206,13 +209,14 @@ def main() -> None:
     results = []
     for name in args.regimes.split(","):
         t0 = time.perf_counter()
+        guided = {"auto": None, "on": True, "off": False}[args.guided]
         results.append(run_regime(REGIMES[name], args.n, args.seed, args.starts, args.cycles,
-                                  args.split))
+                                  args.split, guided))
         print(f"# {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"\nMachine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}; {dt.date.today().isoformat()}; {args.n} "
           f"{args.split}-split maps per regime, {args.starts} starts x {args.cycles} "
-          f"cycles, seed {args.seed}\n")
+          f"cycles, seed {args.seed}, guided start {args.guided}\n")
     print(table(results))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=1))

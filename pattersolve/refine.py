@@ -24,9 +24,18 @@ constrained density) is kept; this needs no truth.
   map (it contains a shifted copy of the molecule; "half the autocorrelation" fails in small
   cells, see PHASING_NOTES.md) and each start has random phases.
 * Hybrid mode (``start_density``, e.g. a network prediction in [-1, 1]): the starting phases
-  come from the prediction and the support from its blurred positive part; starts after the
-  first add random phase noise. The unrefined prediction is itself a candidate, so a good
-  start is never replaced by a refined one with a higher residual.
+  come from the prediction and the support from its blurred positive part; the starts run
+  RAAR, the second and later ones from the prediction's phases plus random phase noise. In
+  packed cells (estimated packing >= :data:`~pattersolve.settings.HYBRID_GUIDE_MIN_PACKING`,
+  :func:`packing_estimate`) the first start is *guided* instead: error reduction with
+  shrink-wrap, each iterate pulled toward the (scaled, positive part of the) prediction with a
+  weight that falls linearly from :data:`~pattersolve.settings.HYBRID_GUIDE_WEIGHT` to 0
+  over the first :data:`~pattersolve.settings.HYBRID_GUIDE_FRACTION` of the cycles, then
+  plain ER. There RAAR leaves even a good prediction's basin (from CC 0.91 predictions at
+  2.5 A, 0.23 of the maps ended < 15 deg; with the guided start 0.70: BENCHMARKS.md,
+  hand-over), while in open cells RAAR from the prediction works and the guided start can
+  hold on to a wrong one. The unrefined prediction is itself a candidate, so a good start is
+  never replaced by a refined one with a higher residual.
 
 Figure of merit (documented choice): a sigmaA-like estimate needing no truth. In resolution
 bins of equal count the normalised amplitudes ``Eo``, ``Ec`` (observed, and of the chosen
@@ -48,6 +57,10 @@ from .phases import bessel_ratio, phases_from_density
 from .settings import (
     DEFAULT_CYCLES,
     DEFAULT_STARTS,
+    HYBRID_GUIDE_FRACTION,
+    HYBRID_GUIDE_MIN_PACKING,
+    HYBRID_GUIDE_WEIGHT,
+    PACKING_PER_ELECTRON,
     RAAR_BETA,
     REFINE_BLUR_END,
     REFINE_BLUR_START,
@@ -358,6 +371,34 @@ class _Engine:
             x = self.project_support(self.project_amplitudes(x), support)
         return x, support, self.g000
 
+    def run_guided(self, x: Any, support: Any, prior: Any, cycles: int, weight: float,
+                   guide_cycles: int) -> tuple[Any, Any, Any]:
+        """Error reduction pulled toward a prior map, with shrink-wrap (hybrid mode's first start).
+
+        Each iteration ``p = P_S P_M x``, then ``x = (1 - w) p + w k prior`` with ``k`` the
+        least-squares scale of ``prior`` onto ``p`` and ``w`` falling linearly from ``weight``
+        at the first iteration to 0 at ``guide_cycles``; the support is re-estimated every
+        :data:`~pattersolve.settings.REFINE_SHRINKWRAP_EVERY` iterations while guided (blur
+        ``HYBRID_SUPPORT_BLUR``); ``F000`` stays at the starting estimate. After ``guide_cycles``
+        it is plain ER with the last support. Returns as :meth:`run`.
+        """
+        bk = self.bk
+        self.g000 = self.prob.g000 + 0.0 * bk.sum3(x)
+        prior_sq = bk.sum3(prior * prior)
+        guide_cycles = max(1, min(int(guide_cycles), cycles))
+        for it in range(cycles):
+            p = self.project_support(self.project_amplitudes(x), support)
+            w = weight * (1.0 - it / guide_cycles)
+            if w > 0:
+                k = bk.sum3(p * prior) / bk.where(prior_sq > 0, prior_sq, 1.0)
+                x = (1.0 - w) * p + w * k * prior
+            else:
+                x = p
+            if w > 0 and (it + 1) % REFINE_SHRINKWRAP_EVERY == 0:
+                support = self.shrinkwrap(p, HYBRID_SUPPORT_BLUR, REFINE_SHRINKWRAP_THRESHOLD)
+        x = self.project_support(self.project_amplitudes(x), support)
+        return x, support, self.g000
+
 
 # ---------------------------------------------------------------------------------------------
 # residuals and figures of merit
@@ -404,6 +445,16 @@ def sigmaa_fom(hkl: np.ndarray, f_obs: np.ndarray, f_calc: np.ndarray, cell: gem
 # ---------------------------------------------------------------------------------------------
 # the public entry point
 # ---------------------------------------------------------------------------------------------
+def packing_estimate(f000: float, volume: float) -> float:
+    """Fraction of the cell within 1.6 A of an atom, estimated from ``F(000)``.
+
+    ``PACKING_PER_ELECTRON * F000 / V`` (:data:`~pattersolve.settings.PACKING_PER_ELECTRON`,
+    fitted on C/N/O peptide fragments without hydrogens, where it is within ~6 %). About 0.1
+    for a dipeptide in a 10-12 A cube, 0.17-0.39 for the hard regime's packed cells.
+    """
+    return PACKING_PER_ELECTRON * f000 / volume
+
+
 def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
@@ -432,7 +483,7 @@ def refine_phases(hkl: np.ndarray, amplitude: np.ndarray, cell: gemmi.UnitCell,
                   start_density: np.ndarray | None = None, n_starts: int = DEFAULT_STARTS,
                   cycles: int = DEFAULT_CYCLES, beta: float = RAAR_BETA,
                   f000: float | None = None, rng: np.random.Generator | int | None = None,
-                  device: str = "numpy") -> RefineResult:
+                  device: str = "numpy", guided: bool | None = None) -> RefineResult:
     """Refine phases against measured amplitudes by projections.
 
     Parameters
@@ -463,6 +514,11 @@ def refine_phases(hkl: np.ndarray, amplitude: np.ndarray, cell: gemmi.UnitCell,
     device
         ``"numpy"`` (starts one after another) or ``"torch"``/``"cpu"``/``"cuda"`` (all starts
         as one batch; torch imported here only).
+    guided
+        Hybrid mode: make the first start the guided one (see the module docstring). None
+        (default) decides from the cell's estimated packing (:func:`packing_estimate`): guided
+        when it is at least :data:`~pattersolve.settings.HYBRID_GUIDE_MIN_PACKING`. True or
+        False forces it (False: every start RAAR, the hand-over before the guided start).
 
     Returns
     -------
@@ -516,39 +572,52 @@ def refine_phases(hkl: np.ndarray, amplitude: np.ndarray, cell: gemmi.UnitCell,
     starts_x = [density_map(hkl, start_amp * np.exp(1j * ph), shape, volume, float(f000))
                 for ph in phases]
 
-    # ---- run: numpy one start at a time, torch as one batch
-    results: list[np.ndarray] = []
-    f000s: list[float] = []
+    # ---- run: the guided start alone; RAAR starts one at a time (numpy) or as one batch (torch)
+    packing = packing_estimate(float(f000), volume)
+    if guided is None:
+        guided = packing >= HYBRID_GUIDE_MIN_PACKING
+    kinds = ["guided" if hybrid and guided and i == 0 else "raar" for i in range(n_starts)]
+    results: list[np.ndarray] = [np.empty(0)] * n_starts
+    f000s = [float(f000)] * n_starts
+    seconds = [0.0] * n_starts
     to_f000 = volume / float(np.prod(shape))
-    seconds: list[float] = []
     initial: list[float] = []
     for x0 in starts_x:
         g0 = np.fft.rfftn(np.where(support0 & (x0 > 0), x0, 0.0))
         initial.append(amplitude_residual(fo[measured],
                                           _grid_values(g0, prob, volume, shape)[measured]))
-    if bk.name == "numpy":
-        for x0 in starts_x:
-            t0 = time.perf_counter()
-            x, _, g000 = engine.run(x0[None], support0[None], cycles, REFINE_ER_CYCLES)
-            results.append(np.asarray(x)[0])
-            f000s.append(float(np.asarray(g000).ravel()[0]) * to_f000)
-            seconds.append(time.perf_counter() - t0)
-    else:
+    raar = [i for i, kind in enumerate(kinds) if kind == "raar"]
+    if kinds[0] == "guided":
         t0 = time.perf_counter()
-        xb = bk.asarray(np.stack(starts_x))
+        prior = np.maximum(pred - np.median(pred), 0.0)
+        x, _, g000 = engine.run_guided(bk.asarray(starts_x[0][None]), bk.asbool(support0[None]),
+                                       bk.asarray(prior[None]), cycles, HYBRID_GUIDE_WEIGHT,
+                                       round(HYBRID_GUIDE_FRACTION * cycles))
+        results[0] = bk.numpy(x)[0]
+        f000s[0] = float(bk.numpy(g000).ravel()[0]) * to_f000
+        seconds[0] = time.perf_counter() - t0
+    if bk.name == "numpy":
+        for i in raar:
+            t0 = time.perf_counter()
+            x, _, g000 = engine.run(starts_x[i][None], support0[None], cycles, REFINE_ER_CYCLES)
+            results[i] = np.asarray(x)[0]
+            f000s[i] = float(np.asarray(g000).ravel()[0]) * to_f000
+            seconds[i] = time.perf_counter() - t0
+    elif raar:
+        t0 = time.perf_counter()
+        xb = bk.asarray(np.stack([starts_x[i] for i in raar]))
         sb = bk.asbool(np.broadcast_to(support0, xb.shape).copy())
         x, _, g000 = engine.run(xb, sb, cycles, REFINE_ER_CYCLES)
-        xs = bk.numpy(x)
-        f000s = [float(v) * to_f000 for v in bk.numpy(g000).ravel()]
-        results = list(xs)
-        per = (time.perf_counter() - t0) / len(results)
-        seconds = [per] * len(results)
+        per = (time.perf_counter() - t0) / len(raar)
+        for i, xi, gi in zip(raar, bk.numpy(x), bk.numpy(g000).ravel(), strict=True):
+            results[i], f000s[i], seconds[i] = xi, float(gi) * to_f000, per
 
     # ---- choose by amplitude residual
     f_models = [_grid_values(np.fft.rfftn(x), prob, volume, shape) for x in results]
     residuals = [amplitude_residual(fo[measured], fm[measured]) for fm in f_models]
-    starts = [{"residual": r, "residual_start": r0, "seconds": s, "f000": f0}
-              for r, r0, s, f0 in zip(residuals, initial, seconds, f000s, strict=True)]
+    starts = [{"residual": r, "residual_start": r0, "seconds": s, "f000": f0, "kind": kd}
+              for r, r0, s, f0, kd in zip(residuals, initial, seconds, f000s, kinds,
+                                          strict=True)]
     best = int(np.argmin(residuals))
     chosen, f_model, residual_final = best, f_models[best], residuals[best]
     f000_start, f000 = float(f000), f000s[best]
@@ -569,4 +638,5 @@ def refine_phases(hkl: np.ndarray, amplitude: np.ndarray, cell: gemmi.UnitCell,
                         seconds=time.perf_counter() - t_start, chosen=chosen,
                         mode="hybrid" if hybrid else "classical",
                         extra={"device": bk.name, "support_fraction": float(support0.mean()),
-                               "f000_start": f000_start})
+                               "f000_start": f000_start, "packing": packing,
+                               "guided": kinds[0] == "guided"})

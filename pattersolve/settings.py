@@ -72,3 +72,16 @@ ATOMIC_D_MIN = 1.2  # charge flipping needs data to at least this resolution (A)
 ATOMIC_MAX_VOLUME = 20000.0  # and cells no bigger than this (A^3) for "auto"
 PEAK_MIN_DISTANCE = 0.7  # A: peaks closer than this (symmetry included) are merged
 PEAKS_MAX = 100  # --peaks: at most this many peaks (unique under the space group)
+
+# --- hybrid hand-over (pattersolve.refine, first hybrid start) -------------------------------
+#: Weight of the prediction in the guided start's first iteration (falls linearly to 0).
+HYBRID_GUIDE_WEIGHT = 0.5
+#: Fraction of the cycles over which the guide weight falls to 0 (plain ER afterwards).
+HYBRID_GUIDE_FRACTION = 2.0 / 3.0
+#: The guided start is used (``guided=None``) when the estimated packing is at least this:
+#: packed cells, where RAAR leaves even a good prediction's basin (BENCHMARKS.md, hand-over).
+#: In open cells it is not needed, and with missing low-resolution data it can hold on to a
+#: wrong prediction with a competitive residual (2-lowres, measured).
+HYBRID_GUIDE_MIN_PACKING = 0.15
+#: Volume within 1.6 A of an atom per electron of F(000) (A^3/e): fitted on tripeptide cells.
+PACKING_PER_ELECTRON = 1.69

@@ -6,7 +6,8 @@ Methods (``--method``):
 * ``classical``: projection refinement (RAAR + shrink-wrap + ER) from random phases, support
   from the Patterson map, no network;
 * ``hybrid``: the network's prediction gives the starting phases and the support, then the
-  same refinement against the measured amplitudes (what ``--method auto`` picks below atomic
+  same refinement against the measured amplitudes, in packed cells with a first start guided
+  toward the prediction (:mod:`pattersolve.refine`; what ``--method auto`` picks below atomic
   resolution);
 * ``chargeflip``: charge flipping with origin location (:func:`solve_chargeflip`; what
   ``auto`` picks at atomic resolution in small cells).
@@ -105,8 +106,11 @@ def predict(refl: Reflections, predictor: Any) -> Prediction:
 def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
           predictor: Any | None = None, cycles: int = settings.DEFAULT_CYCLES,
           starts: int = settings.DEFAULT_STARTS, seed: int = 0,
-          device: str = "numpy") -> Solution:
-    """Phase the data with the chosen method; ``shape`` is the cell grid of the output map."""
+          device: str = "numpy", guided: bool | None = None) -> Solution:
+    """Phase the data with the chosen method; ``shape`` is the cell grid of the output map.
+
+    ``guided`` goes to :func:`pattersolve.refine.refine_phases` (None: by the cell's packing).
+    """
     stages: dict[str, Any] = {}
     rng = np.random.default_rng(seed)
     vol = refl.cell.volume
@@ -138,13 +142,17 @@ def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
 
     res = refine_phases(refl.hkl, refl.amplitude, refl.cell, shape, sigma=refl.sigma,
                         start_density=start_density, n_starts=starts, cycles=cycles, rng=rng,
-                        device=device)
+                        device=device, guided=guided)
     stages["refinement"] = {
         "start": "network prediction" if start_density is not None else "random phases",
         "amplitude_residual_start": round(float(res.residual_start), 4),
         "amplitude_residual_final": round(float(res.residual_final), 4),
         "starts": len(res.starts), "cycles": cycles, "seconds": round(float(res.seconds), 3),
         "mean_fom": round(float(np.mean(res.fom)), 3), "device": device,
+        "packing_estimate": round(float(res.extra["packing"]), 3),
+        "guided_start": bool(res.extra["guided"]),
+        "chosen_start": "unrefined prediction" if res.chosen < 0
+        else res.starts[res.chosen]["kind"],
     }
     log.info("refinement (%s): R(amplitude) %.3f -> %.3f, %d starts, %.2f s",
              stages["refinement"]["start"], res.residual_start, res.residual_final,

@@ -33,11 +33,34 @@ ALA_ALA_1AKZ: tuple[tuple[str, float, float, float], ...] = (
 )
 
 
+#: The tripeptide Asp-Ala-Val of PDB 1AKZ (residues 227-229, heavy atoms): the size of the
+#: hard regime's fragments (tripeptides in packed cells), for tests that need one without shards.
+ASP_ALA_VAL_1AKZ: tuple[tuple[str, float, float, float], ...] = (
+    ("N", -2.054, -12.754, -22.687), ("C", -2.332, -11.553, -23.500),
+    ("C", -1.569, -11.642, -24.816), ("O", -2.073, -11.263, -25.872),
+    ("C", -1.932, -10.257, -22.781), ("C", -2.951, -9.779, -21.757),
+    ("O", -4.120, -10.200, -21.822), ("O", -2.583, -8.963, -20.890),
+    ("N", -0.339, -12.171, -24.750), ("C", 0.477, -12.367, -25.953),
+    ("C", -0.173, -13.404, -26.879), ("O", -0.151, -13.254, -28.111),
+    ("C", 1.890, -12.802, -25.564), ("N", -0.760, -14.461, -26.298),
+    ("C", -1.446, -15.463, -27.115), ("C", -2.681, -14.849, -27.788),
+    ("O", -2.892, -15.043, -28.991), ("C", -1.859, -16.718, -26.301),
+    ("C", -2.631, -17.695, -27.188), ("C", -0.619, -17.395, -25.736),
+)
+
+
+def _split(rows: Sequence[tuple[str, float, float, float]]) -> tuple[list[str], np.ndarray]:
+    return [r[0] for r in rows], np.array([r[1:] for r in rows], dtype=np.float64)
+
+
 def ala_ala() -> tuple[list[str], np.ndarray]:
     """Elements and Cartesian coordinates of :data:`ALA_ALA_1AKZ`."""
-    elements = [row[0] for row in ALA_ALA_1AKZ]
-    xyz = np.array([row[1:] for row in ALA_ALA_1AKZ], dtype=np.float64)
-    return elements, xyz
+    return _split(ALA_ALA_1AKZ)
+
+
+def asp_ala_val() -> tuple[list[str], np.ndarray]:
+    """Elements and Cartesian coordinates of :data:`ASP_ALA_VAL_1AKZ`."""
+    return _split(ASP_ALA_VAL_1AKZ)
 
 
 @dataclass

@@ -42,6 +42,9 @@ def test_solves_simulated_alaala(tmp_path, alaala_mtz, method, limit):
     assert summary["input"]["completeness"] == pytest.approx(1.0)
     ref = summary["stages"]["refinement"]
     assert ref["amplitude_residual_final"] < ref["amplitude_residual_start"]
+    # a dipeptide in a 10 A cube is an open cell: no guided start (pattersolve.refine)
+    assert 0.05 < ref["packing_estimate"] < 0.15 and ref["guided_start"] is False
+    assert ref["chosen_start"] in ("raar", "unrefined prediction")
     m = _phase_error(truth, tmp_path / "solved.mtz")
     assert m.weighted_error < limit, m.to_dict()
 

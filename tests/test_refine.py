@@ -90,6 +90,73 @@ def test_refinement_improves_degraded_prediction(ala10):
     assert res.residual_final < res.residual_start
 
 
+def _packed_tripeptide(seed: int, max_phase_error: float):
+    """Asp-Ala-Val in a packed P1 cell (edges = extent + 2.5 A) at 2.5 A (the hard regime), and
+    a degraded prediction of it."""
+    from pattersolve.patterson import cell_grid_shape
+    from pattersolve.reflections import Reflections
+
+    elements, xyz = synthetic.asp_ala_val()
+    sd = synthetic.simulate_fragment(elements, xyz, 2.5, padding=2.5, b_iso=15.0,
+                                     rotation=sim.random_rotation(np.random.default_rng(seed)))
+    cell, hkl, f = sd.placement.cell, sd.hkl, sd.f
+    refl = Reflections.from_arrays(cell, hkl, np.abs(f),
+                                   0.02 * np.abs(f) + 1e-3 * np.abs(f).max())
+    shape = cell_grid_shape(refl.cell, refl.spacegroup, refl.hkl, refl.d_min)
+    pred, _ = synthetic.degraded_prediction(cell, hkl, f, shape, np.random.default_rng(seed),
+                                            max_phase_error=max_phase_error, noise=0.3)
+    return refl, f, shape, pred
+
+
+def test_guided_start_keeps_a_good_prediction_in_packed_cells(monkeypatch):
+    """Hard regime (packed cell, 2.5 A), a prediction ~30 deg off: RAAR from it leaves its basin
+    (~50 deg); the guided start stays near it, and its pull toward the prediction matters (ER
+    without the pull drifts further in the worst cases). Six orientations, one start each."""
+    from pattersolve import refine
+
+    errors: dict[str, list[float]] = {"guided": [], "no pull": [], "raar": []}
+    for seed in range(6):
+        refl, f, shape, pred = _packed_tripeptide(seed, max_phase_error=60.0)
+        for name, errs in errors.items():
+            monkeypatch.setattr(refine, "HYBRID_GUIDE_WEIGHT", 0.0 if name == "no pull" else 0.5)
+            res = refine_phases(refl.hkl, refl.amplitude, refl.cell, shape, sigma=refl.sigma,
+                                start_density=pred, n_starts=1, rng=0, guided=name != "raar")
+            assert res.starts[0]["kind"] == ("raar" if name == "raar" else "guided")
+            errs.append(match_phases(refl.hkl, f, res.f, refl.cell).weighted_error)
+    med = {k: float(np.median(v)) for k, v in errors.items()}
+    assert med["guided"] < 25.0 and med["raar"] > med["guided"] + 15.0
+    assert med["guided"] < med["no pull"] and max(errors["guided"]) < max(errors["no pull"])
+
+
+def test_guided_start_by_default_only_in_packed_cells(ala10):
+    """``guided=None`` uses the packing estimated from F000: the hard regime's packed cell gets
+    the guided start, a dipeptide in a 10 A cube does not. The estimate follows the true
+    fraction of the cell within 1.6 A of an atom."""
+    cell, hkl, f, shape = ala10
+    pred, _ = _degraded_prediction(cell, hkl, f, shape)
+    open_cell = refine_phases(hkl, np.abs(f), cell, shape, start_density=pred, n_starts=2, rng=0)
+    assert not open_cell.extra["guided"] and open_cell.extra["packing"] < 0.12
+    assert [s["kind"] for s in open_cell.starts] == ["raar", "raar"]
+
+    refl, f3, shape3, pred3 = _packed_tripeptide(0, max_phase_error=60.0)
+    packed = refine_phases(refl.hkl, refl.amplitude, refl.cell, shape3, sigma=refl.sigma,
+                           start_density=pred3, n_starts=2, rng=0)
+    assert packed.extra["guided"] and [s["kind"] for s in packed.starts] == ["guided", "raar"]
+    elements, xyz = synthetic.asp_ala_val()
+    placed = synthetic.simulate_fragment(
+        elements, xyz, 2.5, padding=2.5, b_iso=15.0,
+        rotation=sim.random_rotation(np.random.default_rng(0))).placement
+    grid = np.stack(np.meshgrid(*[np.arange(48) / 48] * 3, indexing="ij"), -1)
+    lengths = np.array([placed.cell.a, placed.cell.b, placed.cell.c])
+    inside = np.zeros(grid.shape[:3], dtype=bool)
+    for frac in placed.frac:
+        d = grid - frac
+        d -= np.round(d)
+        inside |= ((d * lengths) ** 2).sum(-1) <= 1.6**2
+    assert packed.extra["packing"] == pytest.approx(inside.mean(), rel=0.15)
+    assert packed.extra["packing"] > 0.15
+
+
 def test_numpy_and_torch_agree(ala10):
     pytest.importorskip("torch")
     cell, hkl, f, shape = ala10
@@ -106,8 +173,12 @@ def test_numpy_and_torch_agree(ala10):
         [s["residual_start"] for s in b.starts])  # same starting phases
     pred, _ = _degraded_prediction(cell, hkl, f, shape, seed=1)
     h = refine_phases(hkl, np.abs(f), cell, shape, start_density=pred, n_starts=2, rng=0,
-                      device="torch")
+                      device="torch", guided=True)
     assert h.mode == "hybrid" and match_phases(hkl, f, h.f, cell).weighted_error < 10.0
+    hn = refine_phases(hkl, np.abs(f), cell, shape, start_density=pred, n_starts=2, rng=0,
+                       guided=True)
+    assert [s["kind"] for s in h.starts] == [s["kind"] for s in hn.starts] == ["guided", "raar"]
+    assert h.starts[0]["residual"] == pytest.approx(hn.starts[0]["residual"], abs=1e-6)
 
 
 def test_cuda_without_gpu_is_a_backend_error(ala10):
