@@ -556,11 +556,16 @@ class TorchMapMaker:
         else:
             f000_val = torch.zeros(f.shape[0], device=self.device, dtype=self.dtype)
         rho = torch.fft.fftn(self._grid(f, f.conj(), f000_val), dim=(1, 2, 3)).real / self.volume
-        inten = (f.real**2 + f.imag**2)
-        pat = torch.fft.fftn(
-            self._grid(inten.to(f.dtype), inten.to(f.dtype), f000_val**2), dim=(1, 2, 3)
-        ).real / self.volume
+        pat = self.patterson(f.real**2 + f.imag**2, f000_val)
         return rho, pat, f
+
+    def patterson(self, intensity: torch.Tensor, f000: torch.Tensor) -> torch.Tensor:
+        """Patterson maps ``(batch, *shape)`` from intensities ``(batch, n_refl)`` on this
+        maker's reflections (``0`` = unmeasured) and ``F(000)`` per example."""
+        torch = self.torch
+        inten = intensity.to(self.dtype).to(torch.complex64 if self.dtype == torch.float32
+                                            else torch.complex128)
+        return torch.fft.fftn(self._grid(inten, inten, f000**2), dim=(1, 2, 3)).real / self.volume
 
 
 def scale_to_unit_range_torch(x: torch.Tensor) -> torch.Tensor:

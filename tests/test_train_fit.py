@@ -131,6 +131,12 @@ def test_paper_configs_match_the_notes() -> None:
         cfg = T.load_config(CONFIGS / f"{name}.toml")
         if name != "tiny":
             assert cfg.network.enc_channels % 16 == 0 and cfg.network.feat_channels % 16 == 0
+    configs = {p.stem: T.load_config(p) for p in sorted(CONFIGS.glob("*.toml"))}  # all load
+    robust, shipped = configs["gpu_2_robust"], configs["gpu_2"]
+    # the fine-tune is the shipped model's task and network, with degraded inputs only
+    assert robust.network == shipped.network and robust.data.augmented
+    assert replace(robust.data, amplitude_noise=0.0, missing_fraction=0.0,
+                   low_resolution_cut=0.0) == shipped.data
 
 
 def test_config_errors(tmp_path: Path) -> None:

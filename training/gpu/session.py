@@ -37,6 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = ["gpu_1b_paper", "gpu_1b", "gpu_2", "gpu_hard"]  # --configs overrides
+INIT: dict[str, str] = {}  # config name -> shipped model to start from (--init)
 RUNS = REPO / "runs" / "gpu"
 T0 = time.time()
 
@@ -68,9 +69,10 @@ def with_max_steps(text: str, steps: int) -> str:
     return re.sub(r"(?m)^max_steps = \d+", f"max_steps = {steps}", text)
 
 
-def fit_command(config: Path, out: Path, extra: list[str]) -> list[str]:
+def fit_command(config: Path, out: Path, extra: list[str], name: str) -> list[str]:
+    init = ["--init", INIT[name]] if name in INIT else []
     return [sys.executable, "-m", "pattersolve_train.cli", "fit", "--config", str(config),
-            "--out", str(out), "--quiet", *extra]
+            "--out", str(out), "--quiet", *init, *extra]
 
 
 def read_rates(run: Path, first_step: int) -> float:
@@ -89,7 +91,7 @@ def probe(steps: int) -> dict[str, float]:
         subprocess.run(["rm", "-rf", str(out)], check=True)
         procs[name] = subprocess.Popen(
             fit_command(REPO / "training" / "configs" / f"{name}.toml", out,
-                        ["--max-steps", str(steps)]),
+                        ["--max-steps", str(steps)], name),
             env=env(), stdout=subprocess.DEVNULL, stderr=open(f"/tmp/probe-{name}.log", "w"))
     for name, p in procs.items():
         if p.wait() != 0:
@@ -159,7 +161,7 @@ def start(args: argparse.Namespace) -> None:
         resolved.write_text(with_max_steps(text, steps))
         plan[name] = {"examples_per_s": rates[name], "max_steps": steps, "batch": batch}
         logf = open(RUNS / f"{name}.log", "w")
-        p = subprocess.Popen(fit_command(resolved, RUNS / name, []), env=env(),
+        p = subprocess.Popen(fit_command(resolved, RUNS / name, [], name), env=env(),
                              stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         pids[name] = p.pid
     (RUNS / "pids.json").write_text(json.dumps(pids))
@@ -201,8 +203,12 @@ def main() -> None:
                     help="seconds after which this call snapshots and returns")
     ap.add_argument("--configs", default=",".join(CONFIGS),
                     help="comma-separated config names (training/configs/<name>.toml)")
+    ap.add_argument("--init", default="",
+                    help="comma-separated NAME=MODEL: start config NAME from a shipped model "
+                    "(fit --init), e.g. gpu_2_robust=all-12A")
     args = ap.parse_args()
     CONFIGS[:] = args.configs.split(",")
+    INIT.update(item.split("=", 1) for item in args.init.split(",") if item)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     os.chdir(REPO)
     (start if args.stage == "start" else finish)(args)

@@ -18,11 +18,18 @@ Clashes
     placement is dropped when the dataset is built. With ``rotation = true`` a clashing
     orientation is redrawn up to 10 times, then the (valid) unrotated placement is used.
 
+Degraded inputs (training split only)
+    ``amplitude_noise``, ``missing_fraction`` and ``low_resolution_cut`` make the Patterson
+    from noisy amplitudes and with reflections left out (:meth:`TorchMapMaker.patterson` on
+    the changed intensities), so the network learns what measured data look like; the target
+    density stays exact, and validation and test maps stay clean (the model cards' numbers).
+
 Determinism
     Every random choice of example ``i`` in epoch ``e`` comes from
     ``numpy.random.default_rng([seed, split, e, i])``, and the order of epoch ``e`` is
     ``default_rng([seed, e]).permutation(n)``, so a batch depends only on (seed, epoch, step):
-    exact resume and any number of DDP ranks see the same global batches.
+    exact resume and any number of DDP ranks see the same global batches. The degradation of
+    example ``i`` has its own stream, ``default_rng([seed, split, e, i, 1])``.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from pattersolve.simulate import (
     Placement,
     TorchMapMaker,
     clashes,
+    d_spacings,
     grid_shape_for_spacing,
     orthorhombic_cell,
     place_fragment,
@@ -83,6 +91,17 @@ class DataConfig:
         One B for all atoms (A^2), or None for the B factors of the PDB file.
     min_distance
         Reject placements closer than this to a periodic image (A).
+    amplitude_noise
+        Training split only: the Patterson (the network's input) is made from amplitudes
+        ``|F| |1 + s e|`` with ``e`` standard normal per reflection and ``s`` drawn per example
+        uniformly from ``[0, amplitude_noise]``. The target density stays exact. 0: off.
+    missing_fraction
+        Training split only: a fraction drawn per example uniformly from ``[0,
+        missing_fraction]`` of the reflections is left out of the Patterson. 0: off.
+    low_resolution_cut
+        Training split only: for half of the examples, every reflection with ``d`` above a cut
+        drawn uniformly from ``[low_resolution_cut, 2 low_resolution_cut]`` A is left out of the
+        Patterson (missing low-resolution data, the benchmark's 2-lowres). 0: off.
     """
 
     residues: str = "dialanine"
@@ -95,14 +114,28 @@ class DataConfig:
     rotation: bool = False
     b_iso: float | None = 15.0
     min_distance: float = 2.0
+    amplitude_noise: float = 0.0
+    missing_fraction: float = 0.0
+    low_resolution_cut: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.amplitude_noise <= 1.0:
+            raise ValueError("data.amplitude_noise must be in [0, 1]")
+        if not 0.0 <= self.missing_fraction < 1.0:
+            raise ValueError("data.missing_fraction must be in [0, 1)")
+        if self.low_resolution_cut and self.low_resolution_cut <= self.d_min:
+            raise ValueError("data.low_resolution_cut must be 0 (off) or above data.d_min")
         if (self.cell is None) == (self.padding is None):
             raise ValueError("give exactly one of data.cell and data.padding")
         if self.residues not in ("all", "dialanine"):
             raise ValueError(f"data.residues must be 'all' or 'dialanine', not {self.residues!r}")
         if self.cell is not None:
             object.__setattr__(self, "cell", tuple(float(x) for x in self.cell))
+
+    @property
+    def augmented(self) -> bool:
+        """Whether the training split's Pattersons are degraded (noise or missing data)."""
+        return bool(self.amplitude_noise or self.missing_fraction or self.low_resolution_cut)
 
 
 @dataclass
@@ -160,6 +193,8 @@ class FragmentMaps:
         self.cfg = cfg
         self.seed = int(seed)
         self.split_code = _SPLIT_CODE[split]
+        #: degraded Pattersons (DataConfig.amplitude_noise, ...) on the training split only
+        self.augment = split == "train" and cfg.augmented
         self.device = device
         self._makers: OrderedDict[tuple[float, float, float], TorchMapMaker] = OrderedDict()
         #: micro-batches of the current bucketed chunk (pattersolve_train.train)
@@ -248,6 +283,24 @@ class FragmentMaps:
             self._makers.popitem(last=False)
         return maker
 
+    def _intensity_factor(self, maker: TorchMapMaker, index: int, epoch: int) -> np.ndarray:
+        """Per-reflection factor on ``|F|^2`` for example ``index`` in ``epoch``: ``|1 + s e|^2``
+        (amplitude noise), 0 for reflections left out (random, and below a low-resolution
+        cut). Its own random stream, so placements do not change when augmentation is on."""
+        cfg = self.cfg
+        rng = np.random.default_rng([self.seed, self.split_code, epoch, index, 1])
+        m = len(maker.hkl_np)
+        factor = np.ones(m)
+        if cfg.amplitude_noise:
+            s = rng.uniform(0.0, cfg.amplitude_noise)
+            factor *= (1.0 + s * rng.standard_normal(m)) ** 2
+        if cfg.missing_fraction:
+            factor[rng.random(m) < rng.uniform(0.0, cfg.missing_fraction)] = 0.0
+        if cfg.low_resolution_cut and rng.random() < 0.5:
+            cut = rng.uniform(cfg.low_resolution_cut, 2.0 * cfg.low_resolution_cut)
+            factor[d_spacings(maker.cell, maker.hkl_np) > cut] = 0.0
+        return factor
+
     # -- batches ------------------------------------------------------------------------------
     def batch(self, indices: Sequence[int], epoch: int) -> list[Group]:
         """Maps of the given fragments, grouped by cell (one group for a fixed cell)."""
@@ -275,9 +328,15 @@ class FragmentMaps:
                 b_iso[row, :n] = frag.b_iso if self.cfg.b_iso is None else self.cfg.b_iso
                 occ[row, :n] = 1.0
             kw = {"device": maker.device, "dtype": maker.dtype}
-            rho, pat, f = maker.maps(torch.as_tensor(frac, **kw),
-                                     torch.as_tensor(element, device=maker.device),
-                                     torch.as_tensor(b_iso, **kw), torch.as_tensor(occ, **kw))
+            element_t = torch.as_tensor(element, device=maker.device)
+            occ_t = torch.as_tensor(occ, **kw)
+            rho, pat, f = maker.maps(torch.as_tensor(frac, **kw), element_t,
+                                     torch.as_tensor(b_iso, **kw), occ_t)
+            if self.augment:
+                factor = torch.as_tensor(np.stack([self._intensity_factor(maker, i, epoch)
+                                                   for _, i, _ in items]), **kw)
+                f000 = (maker.f0[element_t] * occ_t).sum(1)
+                pat = maker.patterson((f.real**2 + f.imag**2) * factor, f000)
             groups.append(Group(
                 patterson=scale_to_unit_range_torch(pat).unsqueeze(1).float(),
                 density=scale_to_unit_range_torch(rho).unsqueeze(1).float(),
