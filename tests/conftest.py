@@ -23,6 +23,17 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+@pytest.fixture()
+def one_torch_thread():
+    """torch on one thread for the test (training tests: deterministic and CI-sized)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def alaala():
     """Exact data of the 1AKZ Ala-Ala fragment in a 10 A cube at 1.5 A."""

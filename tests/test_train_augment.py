@@ -17,12 +17,7 @@ from pattersolve.simulate import d_spacings, patterson_map, scale_to_unit_range
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(**kw) -> DataConfig:

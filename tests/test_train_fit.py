@@ -18,12 +18,7 @@ from pattersolve.errors import PattersolveError
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny(shards: Path, **kw) -> T.TrainConfig:
