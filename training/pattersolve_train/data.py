@@ -285,8 +285,9 @@ class FragmentMaps:
 
     def _intensity_factor(self, maker: TorchMapMaker, index: int, epoch: int) -> np.ndarray:
         """Per-reflection factor on ``|F|^2`` for example ``index`` in ``epoch``: ``|1 + s e|^2``
-        (amplitude noise), 0 for reflections left out (random, and below a low-resolution
-        cut). Its own random stream, so placements do not change when augmentation is on."""
+        (amplitude noise), 0 for reflections left out (random ones, and for some examples all
+        with ``d`` above a cut). Its own random stream, so placements do not change when
+        augmentation is on."""
         cfg = self.cfg
         rng = np.random.default_rng([self.seed, self.split_code, epoch, index, 1])
         m = len(maker.hkl_np)
