@@ -22,10 +22,7 @@ orientation, packed P1 cells of edges extent + 2.5 A, 2.5 A data, 2 % sigmas).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_phasing import REGIMES, cell_grid, fragments  # noqa: E402
+from bench_phasing import REGIMES, cell_grid, fragments, report  # noqa: E402
 
 from pattersolve.phasematch import match_phases  # noqa: E402
 from pattersolve.phases import phases_from_density  # noqa: E402
@@ -179,16 +176,10 @@ def main() -> None:
         refine.HYBRID_GUIDE_FRACTION = args.guide_fraction
     t0 = time.perf_counter()
     s = run(args.n, [float(v) for v in args.levels.split(",")], args.split, args.seed)
-    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}; {dt.date.today().isoformat()}; {s['n']} "
-          f"{args.split}-split maps, {STARTS} starts x {CYCLES} cycles, seed {args.seed}, "
-          f"guide weight {refine.HYBRID_GUIDE_WEIGHT:.2f} over "
-          f"{refine.HYBRID_GUIDE_FRACTION:.2f} of the cycles; {time.perf_counter() - t0:.0f} s\n")
-    print(table(s))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(s, indent=1))
-    if args.plot:
-        plot(s, args.plot)
+    report(f"{s['n']} {args.split}-split maps, {STARTS} starts x {CYCLES} cycles, seed "
+           f"{args.seed}, guide weight {refine.HYBRID_GUIDE_WEIGHT:.2f} over "
+           f"{refine.HYBRID_GUIDE_FRACTION:.2f} of the cycles; {time.perf_counter() - t0:.0f} s",
+           table(s), s, args.json_out, args.plot, plot)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,10 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -190,6 +192,18 @@ def plot(results: list[dict], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def report(run: str, text: str, data: object, json_out: str | None, plot_path: str | None,
+           plot_fn: Callable[[Any, str], None]) -> None:
+    """Print the machine, the run's description and the table; write the JSON and the plot."""
+    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
+          f"{platform.python_version()}; {dt.date.today().isoformat()}; {run}\n")
+    print(text)
+    if json_out:
+        Path(json_out).write_text(json.dumps(data, indent=1))
+    if plot_path:
+        plot_fn(data, plot_path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=30, help="maps per regime")
@@ -213,15 +227,9 @@ def main() -> None:
         results.append(run_regime(REGIMES[name], args.n, args.seed, args.starts, args.cycles,
                                   args.split, guided))
         print(f"# {name}: {time.perf_counter() - t0:.0f} s", flush=True)
-    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}; {dt.date.today().isoformat()}; {args.n} "
-          f"{args.split}-split maps per regime, {args.starts} starts x {args.cycles} "
-          f"cycles, seed {args.seed}, guided start {args.guided}\n")
-    print(table(results))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=1))
-    if args.plot:
-        plot(results, args.plot)
+    report(f"{args.n} {args.split}-split maps per regime, {args.starts} starts x {args.cycles} "
+           f"cycles, seed {args.seed}, guided start {args.guided}", table(results), results,
+           args.json_out, args.plot, plot)
 
 
 if __name__ == "__main__":
