@@ -148,3 +148,21 @@ def phase_error_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     pb = np.angle(b) if np.iscomplexobj(b) else np.asarray(b, dtype=np.float64)
     d = np.angle(np.exp(1j * (pa - pb)))
     return np.degrees(np.abs(d))
+
+
+def centrosymmetry(rho: np.ndarray) -> float:
+    """How centrosymmetric a periodic map is: ``max_t CC(rho(x), rho(t - x))`` over centres.
+
+    1 for a map with a centre of symmetry anywhere on the grid (its phases are then 0 or 180
+    degrees about that centre); well below 1 for a chiral molecule. A prediction that averages
+    a structure and its enantiomorph (both have the same Patterson) comes out near 1, and
+    phase retrieval started from it stagnates. The correlation over all centres is one
+    convolution: ``sum_x rho(x) rho(t - x) = ifftn(fftn(rho)^2) (t)`` (``rho`` mean-removed).
+    """
+    r = np.asarray(rho, dtype=np.float64)
+    r = r - r.mean()
+    norm = float((r * r).sum())
+    if norm == 0.0:
+        return 1.0
+    f = np.fft.fftn(r)
+    return float(np.fft.ifftn(f * f).real.max() / norm)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import settings
+from .phases import centrosymmetry
 from .refine import amplitude_residual, sigmaa_fom
 from .reflections import Reflections
 from .simulate import (
@@ -124,9 +125,12 @@ def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
             "model": pred.model, "backend": pred.backend, "grid": list(pred.shape),
             "reflections_predicted": int(pred.covered.sum()),
             "amplitude_residual": round(r_net, 4), "seconds": round(pred.seconds, 3),
+            # ~1: the prediction averages both hands (phases near 0/180 deg, a poor start)
+            "centrosymmetry": round(centrosymmetry(pred.density), 3),
         }
-        log.info("network %s: R(amplitude) %.3f on %d reflections, %.2f s", pred.backend,
-                 r_net, int(pred.covered.sum()), pred.seconds)
+        log.info("network %s: R(amplitude) %.3f on %d reflections, centrosymmetry %.2f, "
+                 "%.2f s", pred.backend, r_net, int(pred.covered.sum()),
+                 stages["network"]["centrosymmetry"], pred.seconds)
         phase = np.exp(1j * np.angle(pred.f))
         if method == "network":
             f = refl.amplitude * phase

@@ -33,6 +33,8 @@ def test_prepare_fit_evaluate_export(tmp_path: Path, train_synthetic_source: Pat
     ev = json.loads((run / "evaluation" / "evaluation.json").read_text())
     assert ev["n"] == 6 and 0 < ev["median_phase_error_weighted"] < 180
     assert ev["random_floor"]["median_phase_error_weighted"] > 40
+    assert ev["median_twin_cc"] >= ev["median_cc"]  # the better of two hands
+    assert 0 < ev["median_true_centrosymmetry"] < 0.9 and 0 < ev["median_centrosymmetry"] <= 1
     assert len(ev["bins"]) >= 3 and (run / "evaluation" / "cc_histogram.png").stat().st_size
     assert (run / "evaluation" / "phase_error_by_resolution.png").is_file()
 

@@ -41,7 +41,9 @@ class EvalSummary:
     def one_line(self) -> str:
         """A line for the terminal."""
         d, f = self.data, self.data["random_floor"]
-        return (f"{self.out}: n={d['n']} median CC {d['median_cc']:.3f}, phase error "
+        return (f"{self.out}: n={d['n']} median CC {d['median_cc']:.3f} (better hand "
+                f"{d['median_twin_cc']:.3f}, centrosymmetry {d['median_centrosymmetry']:.2f}; "
+                f"true maps {d['median_true_centrosymmetry']:.2f}), phase error "
                 f"{d['median_phase_error_weighted']:.1f} deg weighted / "
                 f"{d['median_phase_error_unweighted']:.1f} unweighted (random floor "
                 f"{f['median_phase_error_weighted']:.1f} / "
@@ -118,6 +120,7 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
     import torch
 
     from pattersolve.phasematch import match_phases, random_phase_floor
+    from pattersolve.phases import centrosymmetry
     from pattersolve.simulate import structure_factors_from_map
 
     from .data import DataConfig, FragmentMaps
@@ -166,6 +169,7 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
         for g in ds.batch(idx, epoch=0):
             pred = predict(model, g.patterson, device)
             _, cc = loss_terms(pred, g.density, 0.0)
+            _, twin_cc = loss_terms(pred, g.density, 0.0, twin=True)
             volume = float(g.cell.volume)
             for j in range(pred.shape[0]):
                 rho = pred[j, 0].double().numpy()
@@ -176,6 +180,10 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
                 bins.append(pm.bins)
                 floor_bins.append(fl.bins)
                 rows.append({"source": g.sources[j], "cc": float(cc[j]),
+                             "twin_cc": float(twin_cc[j]),
+                             "centrosymmetry": centrosymmetry(rho),
+                             "true_centrosymmetry": centrosymmetry(
+                                 g.density[j, 0].double().numpy()),
                              "phase_error_weighted": pm.weighted_error,
                              "phase_error_unweighted": pm.unweighted_error,
                              "map_cc": pm.map_cc, "inverted": pm.inverted,
@@ -201,6 +209,9 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
         "d_min": data_cfg.d_min,
         "cell": list(data_cfg.cell) if data_cfg.cell else None,
         "median_cc": med("cc"),
+        "median_twin_cc": med("twin_cc"),
+        "median_centrosymmetry": med("centrosymmetry"),
+        "median_true_centrosymmetry": med("true_centrosymmetry"),
         "mean_cc": float(np.mean([r["cc"] for r in rows])),
         "median_phase_error_weighted": med("phase_error_weighted"),
         "median_phase_error_unweighted": med("phase_error_unweighted"),

@@ -135,11 +135,17 @@ def _model_card(name: str, meta: dict[str, str], cfg: TrainConfig, ckpt: dict[st
         f"- wall time: {float(ckpt.get('wall_time', 0)) / 60:.1f} min", "",
         "## Evaluation (test split)", "",
         "Phase error after the best origin shift and hand (`pattersolve.phasematch`); random "
-        "phases with the true amplitudes go through the same search (the floor).", "",
+        "phases with the true amplitudes go through the same search (the floor). "
+        "Centrosymmetry is `pattersolve.phases.centrosymmetry` (1: the map has a centre of "
+        "symmetry, as an average of both hands would).", "",
         "| | this model | random phases | paper |",
         "|---|---|---|---|",
         f"| median CC (density) | {fmt(ev.get('median_cc'))} | - | "
         f"{fmt((paper or {}).get('median_cc'), '.2f')} |",
+        f"| median CC with the better-fitting hand | {fmt(ev.get('median_twin_cc'))} | - | - |",
+        f"| median centrosymmetry of the map (true maps: "
+        f"{fmt(ev.get('median_true_centrosymmetry'), '.2f')}) | "
+        f"{fmt(ev.get('median_centrosymmetry'))} | - | - |",
         f"| median map CC after alignment | {fmt(ev.get('median_map_cc'))} | "
         f"{fmt(floor.get('median_map_cc'))} | - |",
         f"| median phase error, weighted (deg) | "
@@ -248,7 +254,9 @@ def export_model(run_dir: str | os.PathLike[str], name: str,
             if "val_cc" in rec:
                 last_val = {"val_loss": rec["val_loss"], "val_cc": rec["val_cc"],
                             "step": rec["step"]}
-    metrics = {k: evaluation[k] for k in ("n", "median_cc", "median_phase_error_weighted",
+    metrics = {k: evaluation[k] for k in ("n", "median_cc", "median_twin_cc",
+                                          "median_centrosymmetry",
+                                          "median_phase_error_weighted",
                                           "median_phase_error_unweighted", "median_map_cc")
                if k in evaluation}
     if evaluation:

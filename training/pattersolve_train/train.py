@@ -95,6 +95,7 @@ class TrainConfig:
     batch_size: int = 16
     grad_accum: int = 1
     loss_cc_weight: float = 0.1
+    loss_twin: bool = False
     grad_clip: float = 0.0
     bucket_by_cell: bool = False
     bucket_chunk: int = 64
@@ -240,16 +241,42 @@ def lr_at(cfg: TrainConfig, step: int, spe: int, horizon: int) -> float:
     return cfg.lr * cfg.gamma1**first * cfg.gamma2 ** max(0.0, epoch - cfg.phase1_epochs)
 
 
-def loss_terms(pred: torch.Tensor, target: torch.Tensor, cc_weight: float
+def invert_maps(maps: torch.Tensor) -> torch.Tensor:
+    """``rho(-x)`` of a batch ``(b, c, n1, n2, n3)`` of periodic maps: voxel ``i -> -i mod n``.
+
+    Inversion through the origin is inversion through the cell centre too (fractional
+    ``x -> 1 - x``), where the fragments are centred (:func:`pattersolve.simulate.
+    place_fragment`): the enantiomorph in the same frame, with the same Patterson.
+    """
+    dims = (-3, -2, -1)
+    return torch.roll(torch.flip(maps, dims=dims), shifts=(1, 1, 1), dims=dims)
+
+
+def loss_terms(pred: torch.Tensor, target: torch.Tensor, cc_weight: float, twin: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example loss ``MSE + w (1 - CC)`` and Pearson CC, both of shape ``(b,)``."""
+    """Per-example loss ``MSE + w (1 - CC)`` and Pearson CC, both of shape ``(b,)``.
+
+    With ``twin`` each example is scored against whichever of the target and its
+    enantiomorph (:func:`invert_maps`) it fits better. A Patterson is the same for both hands,
+    so a plain loss rewards the network for averaging them: a near-centrosymmetric map
+    (phases near 0 or 180 deg) that no phase retrieval can start from.
+    """
     p = pred.flatten(1).float()
-    t = target.flatten(1).float()
-    mse = ((p - t) ** 2).mean(1)
-    pc = p - p.mean(1, keepdim=True)
-    tc = t - t.mean(1, keepdim=True)
-    cc = (pc * tc).sum(1) / (pc.norm(dim=1) * tc.norm(dim=1)).clamp_min(1e-12)
-    return mse + cc_weight * (1.0 - cc), cc
+
+    def terms(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = target.flatten(1).float()
+        mse = ((p - t) ** 2).mean(1)
+        pc = p - p.mean(1, keepdim=True)
+        tc = t - t.mean(1, keepdim=True)
+        cc = (pc * tc).sum(1) / (pc.norm(dim=1) * tc.norm(dim=1)).clamp_min(1e-12)
+        return mse + cc_weight * (1.0 - cc), cc
+
+    loss, cc = terms(target)
+    if not twin:
+        return loss, cc
+    loss_inv, cc_inv = terms(invert_maps(target))
+    better = loss_inv < loss
+    return torch.where(better, loss_inv, loss), torch.where(better, cc_inv, cc)
 
 
 # =============================================================================================
@@ -269,8 +296,8 @@ def _prepare_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def forward_backward(model: nn.Module, micro_batches: list[list[Group]], n_examples: int,
-                     cc_weight: float, device: torch.device, ddp: bool = False
-                     ) -> tuple[float, list[float]]:
+                     cc_weight: float, device: torch.device, ddp: bool = False,
+                     twin: bool = False) -> tuple[float, list[float]]:
     """Accumulate the gradient of one optimiser step over micro-batches and cell groups.
 
     Each group's summed per-example loss is divided by ``n_examples`` (this rank's examples
@@ -289,7 +316,7 @@ def forward_backward(model: nn.Module, micro_batches: list[list[Group]], n_examp
         with (nullcontext() if sync else model.no_sync()):
             with _autocast(device):
                 pred = model(_prepare_input(g.patterson, device))
-            per_ex, cc = loss_terms(pred, g.density.to(device), cc_weight)
+            per_ex, cc = loss_terms(pred, g.density.to(device), cc_weight, twin)
             (per_ex.sum() / n_examples).backward()
         total += float(per_ex.detach().sum())
         ccs.extend(cc.detach().cpu().tolist())
@@ -305,8 +332,12 @@ def predict(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Te
 
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, ds: FragmentMaps, n: int, batch_size: int,
-                  cc_weight: float, device: torch.device) -> tuple[float, float]:
-    """Mean loss and median CC on the first ``n`` examples of ``ds`` (epoch 0 placements)."""
+                  cc_weight: float, device: torch.device, twin: bool = False
+                  ) -> tuple[float, float]:
+    """Mean loss and median CC on the first ``n`` examples of ``ds`` (epoch 0 placements).
+
+    ``twin``: the loss and CC against the better-fitting hand (:func:`loss_terms`).
+    """
     was_training = model.training
     model.eval()
     losses, ccs = [], []
@@ -314,7 +345,7 @@ def evaluate_loss(model: nn.Module, ds: FragmentMaps, n: int, batch_size: int,
     for start in range(0, len(idx), batch_size):
         for g in ds.batch(idx[start: start + batch_size], epoch=0):
             per_ex, cc = loss_terms(predict(model, g.patterson, device),
-                                    g.density.to(device), cc_weight)
+                                    g.density.to(device), cc_weight, twin)
             losses.extend(per_ex.cpu().tolist())
             ccs.extend(cc.cpu().tolist())
     model.train(was_training)
@@ -587,8 +618,9 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike[str], resume: bool = False,
                                "add --resume to continue it, or choose another --out",
                                ExitCode.OUTPUT)
     if resume:
-        saved = json.loads((run_dir / CONFIG_JSON).read_text())
-        if saved != json.loads(json.dumps(cfg.to_dict())):
+        # through TrainConfig, so a run saved before a key existed takes its default
+        saved = TrainConfig.from_dict(json.loads((run_dir / CONFIG_JSON).read_text())).to_dict()
+        if json.loads(json.dumps(saved)) != json.loads(json.dumps(cfg.to_dict())):
             raise PattersolveError(f"the config differs from {run_dir / CONFIG_JSON}",
                                    "resume with the run's own config (omit --config)",
                                    ExitCode.USAGE)
@@ -681,7 +713,8 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike[str], resume: bool = False,
                 micro.append(train_ds.batch(idx, epoch))
                 n_local += len(idx)
             optimizer.zero_grad(set_to_none=True)
-            loss, ccs = forward_backward(model, micro, n_local, cfg.loss_cc_weight, device, ddp)
+            loss, ccs = forward_backward(model, micro, n_local, cfg.loss_cc_weight, device, ddp,
+                                         cfg.loss_twin)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
             optimizer.step()
@@ -703,7 +736,7 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike[str], resume: bool = False,
             if rank == 0 and (step % cfg.eval_every == 0 or step == stop) and len(val_ds):
                 val_loss, val_cc = evaluate_loss(raw_model, val_ds, cfg.eval_examples,
                                                  cfg.eval_batch_size, cfg.loss_cc_weight,
-                                                 device)
+                                                 device, cfg.loss_twin)
                 record = record or {"step": step, "epoch": step / spe, "lr": lr}
                 record.update(val_loss=val_loss, val_cc=val_cc)
             if record and rank == 0:
