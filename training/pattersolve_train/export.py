@@ -130,7 +130,12 @@ def _model_card(name: str, meta: dict[str, str], cfg: TrainConfig, ckpt: dict[st
         "## Training", "",
         f"- {ckpt.get('step')} steps of {cfg.batch_size * cfg.grad_accum} examples "
         f"({ckpt.get('examples_seen')} example passes), {cfg.optimizer}, lr {cfg.lr:g}, "
-        f"schedule {cfg.schedule}",
+        f"schedule {cfg.schedule}; loss MSE + {cfg.loss_cc_weight:g} (1 - CC)"
+        + (" against the better-fitting hand (`loss_twin`)" if cfg.loss_twin else ""),
+        *([f"- started from the weights of model `{ckpt['init_from']['name']}` (SHA-256 "
+           f"`{ckpt['init_from']['sha256']}` of its safetensors file)"]
+          if ckpt.get("init_from") else []),
+        f"- run name `{cfg.name}`; the full configuration is in card.json (`training`)",
         f"- hardware: {ckpt.get('hardware')}",
         f"- wall time: {float(ckpt.get('wall_time', 0)) / 60:.1f} min", "",
         "## Evaluation (test split)", "",
