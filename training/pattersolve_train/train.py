@@ -74,6 +74,9 @@ class TrainConfig:
     shares one cell (:meth:`FragmentMaps.bucketed_batches`): a few forward passes instead of
     one per example. Batches stay a pure function of (seed, epoch, step).
 
+    Loss: ``MSE + loss_cc_weight (1 - CC)`` per example; ``loss_twin`` scores each example
+    against whichever hand of its target it fits better (:func:`loss_terms`).
+
     Schedules (``schedule``): ``"exp2"`` the paper's two-phase exponential decay, lr x
     ``gamma1`` per epoch for the first ``phase1_epochs`` epochs then x ``gamma2`` per epoch
     (``per_step = true`` decays continuously, by the same amount per epoch); ``"cosine"``
