@@ -118,6 +118,11 @@ class RefineResult:
         Index of the chosen start; ``-1`` means the unrefined starting model won.
     mode
         ``"classical"`` or ``"hybrid"``.
+    extra
+        Run facts for the log (device, support fraction, packing estimate, guided or not).
+    f_starts
+        Per start, the model ``F`` on ``hkl`` its refined density gives (what its residual was
+        computed from), for diagnostics such as ``bench/bench_starts.py``.
     """
 
     f: np.ndarray
@@ -131,6 +136,7 @@ class RefineResult:
     chosen: int = 0
     mode: str = "classical"
     extra: dict = field(default_factory=dict)
+    f_starts: list[np.ndarray] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,4 +645,5 @@ def refine_phases(hkl: np.ndarray, amplitude: np.ndarray, cell: gemmi.UnitCell,
                         mode="hybrid" if hybrid else "classical",
                         extra={"device": bk.name, "support_fraction": float(support0.mean()),
                                "f000_start": f000_start, "packing": packing,
-                               "guided": kinds[0] == "guided"})
+                               "guided": kinds[0] == "guided"},
+                        f_starts=f_models)

@@ -48,6 +48,13 @@ def test_classical_random_start_solves_ala_ala(ala10):
     assert res.mode == "classical" and len(res.starts) == 2
     assert res.residual_final < 0.08 < res.residual_start
     assert res.residual_final == pytest.approx(min(s["residual"] for s in res.starts))
+    # each start's model F is kept; the chosen one gives the output's phases
+    assert len(res.f_starts) == 2
+    for s, fs in zip(res.starts, res.f_starts, strict=True):
+        assert s["residual"] == pytest.approx(amplitude_residual(np.abs(f), fs))
+    big = np.abs(f) > 0.1 * np.abs(f).max()
+    assert np.all(phase_error_deg(np.angle(res.f_starts[res.chosen][big]),
+                                  np.angle(res.f[big])) < 1e-6)
     assert np.allclose(np.abs(res.f), np.abs(f))  # measured amplitudes, refined phases
     assert res.density.shape == shape and res.density.dtype == np.float64
     # F000 estimated from the Patterson, then made self-consistent: near the electron count
