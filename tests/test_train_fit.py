@@ -90,6 +90,8 @@ def test_loss_decreases_on_tiny(tmp_path: Path, train_shards: Path) -> None:
     assert losses[-1] < 0.7 * losses[0]
     assert np.isfinite(result.last_metrics["val_loss"])
     assert result.last_metrics["val_cc"] > 0.5
+    # how much the predictions hedge between the hands is logged with each evaluation
+    assert 0.0 < result.last_metrics["val_centrosymmetry"] <= 1.0 + 1e-9
 
 
 def test_schedules() -> None:

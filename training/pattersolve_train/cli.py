@@ -142,8 +142,8 @@ def fit(config_path: Path | None, out: Path | None, resume: bool, max_steps: int
     if int(os.environ.get("RANK", "0")) == 0:
         state = "interrupted, checkpoint saved" if result.interrupted else "done"
         m = result.last_metrics
-        extra = "".join(f", {k} {m[k]:.4g}" for k in ("train_loss", "val_loss", "val_cc")
-                        if k in m)
+        extra = "".join(f", {k} {m[k]:.4g}" for k in ("train_loss", "val_loss", "val_cc",
+                                                      "val_centrosymmetry") if k in m)
         click.echo(f"{result.run_dir}: step {result.step}/{result.total_steps} ({state}), "
                    f"{result.wall_time:.0f} s{extra}")
 

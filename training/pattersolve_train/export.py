@@ -257,8 +257,8 @@ def export_model(run_dir: str | os.PathLike[str], name: str,
         for line in metrics_path.read_text().splitlines():
             rec = json.loads(line)
             if "val_cc" in rec:
-                last_val = {"val_loss": rec["val_loss"], "val_cc": rec["val_cc"],
-                            "step": rec["step"]}
+                last_val = {k: rec[k] for k in ("val_loss", "val_cc", "val_centrosymmetry",
+                                                "step") if k in rec}
     metrics = {k: evaluation[k] for k in ("n", "median_cc", "median_twin_cc",
                                           "median_centrosymmetry",
                                           "median_phase_error_weighted",

@@ -336,25 +336,32 @@ def predict(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Te
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, ds: FragmentMaps, n: int, batch_size: int,
                   cc_weight: float, device: torch.device, twin: bool = False
-                  ) -> tuple[float, float]:
-    """Mean loss and median CC on the first ``n`` examples of ``ds`` (epoch 0 placements).
+                  ) -> tuple[float, float, float]:
+    """Mean loss, median CC and median centrosymmetry on the first ``n`` examples of ``ds``.
 
-    ``twin``: the loss and CC against the better-fitting hand (:func:`loss_terms`).
+    Epoch 0 placements. ``twin``: the loss and CC against the better-fitting hand
+    (:func:`loss_terms`). The centrosymmetry of each prediction
+    (:func:`pattersolve.phases.centrosymmetry`) shows whether the network hedges between
+    the hands (near 1) or commits to one (true maps: ~0.4-0.65).
     """
+    from pattersolve.phases import centrosymmetry
+
     was_training = model.training
     model.eval()
-    losses, ccs = [], []
+    losses, ccs, centro = [], [], []
     idx = fixed_indices(len(ds), n)
     for start in range(0, len(idx), batch_size):
         for g in ds.batch(idx[start: start + batch_size], epoch=0):
-            per_ex, cc = loss_terms(predict(model, g.patterson, device),
-                                    g.density.to(device), cc_weight, twin)
+            pred = predict(model, g.patterson, device)
+            per_ex, cc = loss_terms(pred, g.density.to(device), cc_weight, twin)
             losses.extend(per_ex.cpu().tolist())
             ccs.extend(cc.cpu().tolist())
+            centro.extend(centrosymmetry(p) for p in pred.float().cpu().numpy().reshape(
+                len(per_ex), *pred.shape[-3:]))
     model.train(was_training)
     if not losses:
-        return float("nan"), float("nan")
-    return float(np.mean(losses)), float(np.median(ccs))
+        return float("nan"), float("nan"), float("nan")
+    return float(np.mean(losses)), float(np.median(ccs)), float(np.median(centro))
 
 
 # =============================================================================================
@@ -737,11 +744,12 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike[str], resume: bool = False,
                           "examples_per_s": window_n / max(dt, 1e-9)}
                 window_t, window_n, window_loss, window_cc = time.perf_counter(), 0, [], []
             if rank == 0 and (step % cfg.eval_every == 0 or step == stop) and len(val_ds):
-                val_loss, val_cc = evaluate_loss(raw_model, val_ds, cfg.eval_examples,
-                                                 cfg.eval_batch_size, cfg.loss_cc_weight,
-                                                 device, cfg.loss_twin)
+                val_loss, val_cc, val_centro = evaluate_loss(
+                    raw_model, val_ds, cfg.eval_examples, cfg.eval_batch_size,
+                    cfg.loss_cc_weight, device, cfg.loss_twin)
                 record = record or {"step": step, "epoch": step / spe, "lr": lr}
-                record.update(val_loss=val_loss, val_cc=val_cc)
+                record.update(val_loss=val_loss, val_cc=val_cc,
+                              val_centrosymmetry=val_centro)
             if record and rank == 0:
                 record["wall_time"] = wall_before + time.perf_counter() - t_start
                 last.update(record)
