@@ -214,3 +214,29 @@ def test_cell_buckets_resume_exactly(tmp_path: Path, train_shards: Path) -> None
     for key in a:
         if key.startswith(("model.", "optim.")):
             assert torch.equal(a[key], b[key]), key
+
+
+def test_recalibrate_batchnorm_changes_only_running_statistics(tmp_path: Path,
+                                                               train_shards: Path) -> None:
+    from pattersolve_train.cli import main
+
+    cfg = _tiny(train_shards, max_steps=12, eval_every=12, log_every=6)
+    T.fit(cfg, tmp_path / "run", progress=False)
+    before = _tensors(tmp_path / "run")
+    assert main(["recalibrate", "--run", str(tmp_path / "run"), "--examples", "24"]) == 0
+    after = _tensors(tmp_path / "run")
+    stats = [k for k in before if k.startswith("model.") and ("running_" in k
+                                                             or "num_batches" in k)]
+    assert stats  # the network has BatchNorm layers
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and set(changed) <= set(stats)  # weights, optimiser and RNG state untouched
+    meta = json.loads((tmp_path / "run" / T.CHECKPOINT_JSON).read_text())
+    rec = meta["bn_recalibrated"]
+    assert rec["bn_recalibrated"] == 24 and np.isfinite(rec["val_loss"])
+    assert json.loads((tmp_path / "run" / T.METRICS).read_text().splitlines()[-1]) == rec
+    # deterministic: the statistics are reset, not accumulated, so a second pass repeats them
+    T.recalibrate_run(tmp_path / "run", 24)
+    again = _tensors(tmp_path / "run")
+    assert all(torch.equal(after[k], again[k]) for k in stats)
+    # the rewritten checkpoint still loads and resumes (its SHA-256 matches)
+    T.fit(replace(cfg, max_steps=12), tmp_path / "run", resume=True, progress=False)

@@ -135,6 +135,10 @@ def _model_card(name: str, meta: dict[str, str], cfg: TrainConfig, ckpt: dict[st
         *([f"- started from the weights of model `{ckpt['init_from']['name']}` (SHA-256 "
            f"`{ckpt['init_from']['sha256']}` of its safetensors file)"]
           if ckpt.get("init_from") else []),
+        *([f"- then BatchNorm statistics re-estimated over "
+           f"{ckpt['bn_recalibrated']['bn_recalibrated']} training examples (`pattersolve-train "
+           f"recalibrate`): validation CC {ckpt['bn_recalibrated']['before']['val_cc']:.3f} -> "
+           f"{ckpt['bn_recalibrated']['val_cc']:.3f}"] if ckpt.get("bn_recalibrated") else []),
         f"- run name `{cfg.name}`; the full configuration is in card.json (`training`)",
         f"- hardware: {ckpt.get('hardware')}",
         f"- wall time: {float(ckpt.get('wall_time', 0)) / 60:.1f} min", "",
