@@ -90,6 +90,13 @@ def fragments(regime: Regime, n: int, seed: int, split: str = "test") -> list:
 
 
 def make_data(regime: Regime, frag, rng: np.random.Generator):
+    """The regime's measured data of ``frag``: ``(Reflections, true F)``."""
+    refl, f, _ = make_placed_data(regime, frag, rng)
+    return refl, f
+
+
+def make_placed_data(regime: Regime, frag, rng: np.random.Generator):
+    """:func:`make_data` plus the fragment's placement (atoms in the cell)."""
     rot = random_rotation(rng) if regime.rotate else None
     sim = simulate_fragment(frag.elements, frag.xyz, regime.d_min,
                             cell_lengths=None if regime.padding else (regime.cell,) * 3,
@@ -102,7 +109,7 @@ def make_data(regime: Regime, frag, rng: np.random.Generator):
         keep = d_spacings(sim.placement.cell, sim.hkl) <= regime.drop_below
     sigma = np.maximum(regime.noise, 0.02) * amp + 1e-3 * amp.max()
     refl = Reflections.from_arrays(sim.placement.cell, sim.hkl[keep], amp[keep], sigma[keep])
-    return refl, sim.f[keep]
+    return refl, sim.f[keep], sim.placement
 
 
 def cell_grid(refl: Reflections) -> tuple[int, int, int]:

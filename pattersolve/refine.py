@@ -340,8 +340,9 @@ class _Engine:
         blurred = self.blur(x, sigma_a)
         return blurred > threshold * self.bk.max3(blurred)
 
-    def run(self, x: Any, support: Any, cycles: int, er_cycles: int) -> tuple[Any, Any, Any]:
-        """RAAR with shrink-wrap, then ER.
+    def run(self, x: Any, support: Any, cycles: int, er_cycles: int, shrinkwrap: bool = True
+            ) -> tuple[Any, Any, Any]:
+        """RAAR with shrink-wrap (or with ``support`` fixed: ``shrinkwrap=False``), then ER.
 
         Returns the constrained density, the support and ``F000`` per start (in ``G`` units:
         ``sum(rho)``). With ``adapt_f000`` each support update also sets ``F000`` to the
@@ -361,7 +362,7 @@ class _Engine:
             y = 2.0 * p - x
             ok = support & (y > 0)
             x = self.bk.where(ok, p, beta * x + (1.0 - 2.0 * beta) * p)
-            if (it + 1) % REFINE_SHRINKWRAP_EVERY == 0 and it + 1 < cycles:
+            if shrinkwrap and (it + 1) % REFINE_SHRINKWRAP_EVERY == 0 and it + 1 < cycles:
                 frac = update / max(1, n_updates - 1)
                 sig = REFINE_BLUR_START + (REFINE_BLUR_END - REFINE_BLUR_START) * frac
                 constrained = self.project_support(p, support)
@@ -489,7 +490,8 @@ def refine_phases(hkl: np.ndarray, amplitude: np.ndarray, cell: gemmi.UnitCell,
                   start_density: np.ndarray | None = None, n_starts: int = DEFAULT_STARTS,
                   cycles: int = DEFAULT_CYCLES, beta: float = RAAR_BETA,
                   f000: float | None = None, rng: np.random.Generator | int | None = None,
-                  device: str = "numpy", guided: bool | None = None) -> RefineResult:
+                  device: str = "numpy", guided: bool | None = None,
+                  support: np.ndarray | None = None, fix_support: bool = True) -> RefineResult:
     """Refine phases against measured amplitudes by projections.
 
     Parameters
@@ -525,6 +527,13 @@ def refine_phases(hkl: np.ndarray, amplitude: np.ndarray, cell: gemmi.UnitCell,
         (default) decides from the cell's estimated packing (:func:`packing_estimate`): guided
         when it is at least :data:`~pattersolve.settings.HYBRID_GUIDE_MIN_PACKING`. True or
         False forces it (False: every start RAAR, the hand-over before the guided start).
+    support
+        Optional support (bool on ``shape``), e.g. a molecular envelope: it replaces the
+        Patterson's or the prediction's support, and there is no guided start. How refinement
+        depends on the envelope's precision: ``bench/bench_envelope.py``.
+    fix_support
+        With ``support``: keep it fixed (True, default) or let shrink-wrap re-estimate it as
+        usual (False: it is only the first support).
 
     Returns
     -------
@@ -554,6 +563,15 @@ def refine_phases(hkl: np.ndarray, amplitude: np.ndarray, cell: gemmi.UnitCell,
     engine = _Engine(prob, bk, beta, adapt_f000=f000_given is None)
     n_starts = max(1, int(n_starts))
 
+    fixed = support is not None and fix_support
+    if support is not None:
+        support = np.asarray(support, dtype=bool)
+        if support.shape != shape or not support.any():
+            raise ValueError(f"support must be a non-empty bool array of shape {shape}")
+        if guided:
+            raise ValueError("a given support has no guided start (guided=True)")
+        guided = False
+
     # ---- starting models
     fo = np.where(measured, amplitude, 0.0)
     hybrid = start_density is not None
@@ -575,6 +593,8 @@ def refine_phases(hkl: np.ndarray, amplitude: np.ndarray, cell: gemmi.UnitCell,
         support0 = _patterson_support(hkl_m, amp_m, shape, volume, float(f000))
         phases = [rng.uniform(-np.pi, np.pi, len(hkl)) for _ in range(n_starts)]
         start_amp = fo
+    if support is not None:
+        support0 = support
     starts_x = [density_map(hkl, start_amp * np.exp(1j * ph), shape, volume, float(f000))
                 for ph in phases]
 
@@ -605,7 +625,8 @@ def refine_phases(hkl: np.ndarray, amplitude: np.ndarray, cell: gemmi.UnitCell,
     if bk.name == "numpy":
         for i in raar:
             t0 = time.perf_counter()
-            x, _, g000 = engine.run(starts_x[i][None], support0[None], cycles, REFINE_ER_CYCLES)
+            x, _, g000 = engine.run(starts_x[i][None], support0[None], cycles, REFINE_ER_CYCLES,
+                                    shrinkwrap=not fixed)
             results[i] = np.asarray(x)[0]
             f000s[i] = float(np.asarray(g000).ravel()[0]) * to_f000
             seconds[i] = time.perf_counter() - t0
@@ -613,7 +634,7 @@ def refine_phases(hkl: np.ndarray, amplitude: np.ndarray, cell: gemmi.UnitCell,
         t0 = time.perf_counter()
         xb = bk.asarray(np.stack([starts_x[i] for i in raar]))
         sb = bk.asbool(np.broadcast_to(support0, xb.shape).copy())
-        x, _, g000 = engine.run(xb, sb, cycles, REFINE_ER_CYCLES)
+        x, _, g000 = engine.run(xb, sb, cycles, REFINE_ER_CYCLES, shrinkwrap=not fixed)
         per = (time.perf_counter() - t0) / len(raar)
         for i, xi, gi in zip(raar, bk.numpy(x), bk.numpy(g000).ravel(), strict=True):
             results[i], f000s[i], seconds[i] = xi, float(gi) * to_f000, per
@@ -645,5 +666,5 @@ def refine_phases(hkl: np.ndarray, amplitude: np.ndarray, cell: gemmi.UnitCell,
                         mode="hybrid" if hybrid else "classical",
                         extra={"device": bk.name, "support_fraction": float(support0.mean()),
                                "f000_start": f000_start, "packing": packing,
-                               "guided": kinds[0] == "guided"},
+                               "guided": kinds[0] == "guided", "fixed_support": fixed},
                         f_starts=f_models)

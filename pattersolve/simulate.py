@@ -357,6 +357,34 @@ def structure_factors_from_map(rho: np.ndarray, hkl: np.ndarray, volume: float) 
     return grid[idx]
 
 
+def envelope_mask(cell: gemmi.UnitCell, frac: np.ndarray, shape: Sequence[int],
+                  radius: float) -> np.ndarray:
+    """The molecular envelope on a grid: points within ``radius`` of any atom.
+
+    Parameters
+    ----------
+    cell
+        The unit cell (any; distances are Cartesian, images across the cell's faces count).
+    frac
+        ``(n, 3)`` fractional coordinates of the atoms.
+    shape
+        Grid ``(nu, nv, nw)`` over the cell.
+    radius
+        Sphere radius (A): 1.6 gives the "true envelope" of PHASING_NOTES.md, the support an
+        oracle refinement uses.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool array of ``shape``.
+    """
+    grid = gemmi.FloatGrid(*(int(n) for n in shape))
+    grid.set_unit_cell(cell)
+    for f in np.asarray(frac, dtype=np.float64).reshape(-1, 3):
+        grid.set_points_around(cell.orthogonalize(gemmi.Fractional(*f)), float(radius), 1.0)
+    return np.array(grid, copy=True) > 0
+
+
 def scale_to_unit_range(x: np.ndarray) -> np.ndarray:
     """Scale a map to ``[-1, 1]`` by its own minimum and maximum (the paper's normalisation)."""
     lo, hi = float(x.min()), float(x.max())

@@ -151,6 +151,27 @@ def test_placement_centres_and_clash_check():
     assert 2.0 < S.min_image_distance(packed) < 3.5
 
 
+def test_envelope_mask_matches_brute_force_oblique_cell():
+    """Points within r of an atom, images across the faces included, in a monoclinic cell."""
+    cell = gemmi.UnitCell(9.3, 11.2, 10.1, 90, 104, 90)
+    shape = (12, 14, 14)
+    frac = np.random.default_rng(0).random((5, 3))
+    frac[0] = [0.02, 0.97, 0.5]  # near a corner: its sphere wraps
+    mask = S.envelope_mask(cell, frac, shape, 1.6)
+    orth = np.array(cell.orth.mat)
+    pts = np.stack(np.meshgrid(*[np.arange(n) / n for n in shape], indexing="ij"), -1)
+    brute = np.zeros(shape, dtype=bool)
+    for f in frac:
+        d = pts - f
+        d -= np.round(d)
+        for shift in np.ndindex(3, 3, 3):
+            c = (d + np.array(shift) - 1) @ orth.T
+            brute |= (c**2).sum(-1) < 1.6**2
+    assert mask.shape == shape and mask.dtype == bool
+    assert mask.sum() > 100 and np.array_equal(mask, brute)
+    assert mask[0, -1, 7] and mask[0, 0, 7]  # the wrapped sphere
+
+
 def test_scale_to_unit_range():
     x = np.random.default_rng(0).normal(size=(4, 4, 4))
     y = S.scale_to_unit_range(x)
