@@ -30,7 +30,6 @@ edges extent + 2.5 A, 2.5 A data, 2 % sigmas).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -40,7 +39,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_phasing import REGIMES, cell_grid, fragments, make_placed_data, report  # noqa: E402
+from bench_phasing import (  # noqa: E402
+    REGIMES,
+    bench_arguments,
+    cell_grid,
+    fragments,
+    make_placed_data,
+    report,
+)
 
 STARTS, CYCLES = 4, 300
 RADII = (1.6, 2.0, 2.5, 3.0)
@@ -174,13 +180,7 @@ def plot(s: dict, path: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=30)
-    ap.add_argument("--split", default="test", choices=["test", "val"])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", dest="json_out")
-    ap.add_argument("--plot")
-    args = ap.parse_args()
+    args = bench_arguments(__doc__, n=30).parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.perf_counter()
     s = run(args.n, args.split, args.seed)

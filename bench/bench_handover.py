@@ -21,7 +21,6 @@ orientation, packed P1 cells of edges extent + 2.5 A, 2.5 A data, 2 % sigmas).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -31,7 +30,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_phasing import REGIMES, cell_grid, fragments, report  # noqa: E402
+from bench_phasing import (  # noqa: E402
+    REGIMES,
+    bench_arguments,
+    cell_grid,
+    fragments,
+    report,
+)
 
 from pattersolve.phasematch import match_phases  # noqa: E402
 from pattersolve.phases import phases_from_density  # noqa: E402
@@ -154,18 +159,13 @@ def plot(s: dict, path: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=30)
+    ap = bench_arguments(__doc__, n=30)
     ap.add_argument("--levels", default="0,40,60,80,100",
                     help="maximum phase errors (deg) of the degraded predictions")
-    ap.add_argument("--split", default="test", choices=["test", "val"])
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--guide-weight", type=float, default=None,
                     help="override settings.HYBRID_GUIDE_WEIGHT (tuning on --split val)")
     ap.add_argument("--guide-fraction", type=float, default=None,
                     help="override settings.HYBRID_GUIDE_FRACTION (tuning on --split val)")
-    ap.add_argument("--json", dest="json_out")
-    ap.add_argument("--plot")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import pattersolve.refine as refine

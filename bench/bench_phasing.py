@@ -211,6 +211,19 @@ def report(run: str, text: str, data: object, json_out: str | None, plot_path: s
         plot_fn(data, plot_path)
 
 
+def bench_arguments(doc: str, n: int) -> argparse.ArgumentParser:
+    """The options every map bench shares: ``--n``, ``--split``, ``--seed``, ``--json``,
+    ``--plot`` (add the bench's own, then ``parse_args``)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--n", type=int, default=n, help="maps")
+    ap.add_argument("--split", default="test", choices=["test", "val"],
+                    help="val for anything that tunes (never tune on the test split)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--plot")
+    return ap
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=30, help="maps per regime")

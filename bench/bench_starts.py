@@ -23,7 +23,6 @@ packed P1 cells, 2.5 A data). Use ``--split val`` for anything that tunes.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -33,7 +32,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_phasing import REGIMES, cell_grid, fragments, make_data, report  # noqa: E402
+from bench_phasing import (  # noqa: E402
+    REGIMES,
+    bench_arguments,
+    cell_grid,
+    fragments,
+    make_data,
+    report,
+)
 
 CYCLES = 300
 CS_BINS = (0.0, 0.75, 0.85, 0.9, 1.01)
@@ -181,15 +187,10 @@ def plot(s: dict, path: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=40)
+    ap = bench_arguments(__doc__, n=40)
     ap.add_argument("--starts", type=int, default=8)
     ap.add_argument("--regime", default="hard", choices=[k for k, r in REGIMES.items()
                                                          if r.model])
-    ap.add_argument("--split", default="test", choices=["test", "val"])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", dest="json_out")
-    ap.add_argument("--plot")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.perf_counter()
