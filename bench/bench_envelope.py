@@ -10,6 +10,8 @@ shipped network's prediction stands, on the same maps:
 * ``hybrid``: the shipped network + refinement (``--method hybrid``);
 * ``envelope r``: a fixed support of spheres of radius ``r`` on the true atoms
   (:func:`pattersolve.simulate.envelope_mask`; ``refine_phases(support=...)``), random phases;
+* ``envelope 1.6, atoms moved d``: 1.6 A spheres on atoms each moved at random by ``d`` A
+  (r.m.s. per axis), the envelope of a model that places atoms that well;
 * ``envelope r + inverse``: the same united with its image through the molecule's centre (the
   envelope of a prediction that hedges between the two hands);
 * ``envelope r, then shrink-wrap``: the envelope as the first support only
@@ -35,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 
+import gemmi
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,6 +53,7 @@ from bench_phasing import (  # noqa: E402
 
 STARTS, CYCLES = 4, 300
 RADII = (1.6, 2.0, 2.5, 3.0)
+DISPLACED = (0.3, 0.6)  # r.m.s. displacement (A, per axis) of the atoms a 1.6 A envelope is cut on
 HEDGED = (1.6, 2.0)
 SHRINKWRAP_FROM = (2.0,)
 NETWORK_FACTORS = (1.0, 1.5)
@@ -57,6 +61,7 @@ NETWORK_FACTORS = (1.0, 1.5)
 
 def _rows() -> list[str]:
     return (["classical", "hybrid"] + [f"envelope {r}" for r in RADII]
+            + [f"envelope 1.6, atoms moved {d}" for d in DISPLACED]
             + [f"envelope {r} + inverse" for r in HEDGED]
             + [f"envelope {r}, then shrink-wrap" for r in SHRINKWRAP_FROM]
             + [f"network support {f}" for f in NETWORK_FACTORS])
@@ -103,6 +108,13 @@ def run(n: int, split: str, seed: int) -> dict:
         runs: dict[str, dict] = {"classical": {}, "hybrid": {"start": start}}
         for r in RADII:
             runs[f"envelope {r}"] = {"support": envelope_mask(cell, frac, shape, r)}
+        for d in DISPLACED:
+            moved = placement.cart + np.random.default_rng([seed, k, 7]).normal(
+                0.0, d, placement.cart.shape)
+            frac_moved = np.array([cell.fractionalize(gemmi.Position(*c)).tolist()
+                                   for c in moved])
+            runs[f"envelope 1.6, atoms moved {d}"] = {
+                "support": envelope_mask(cell, frac_moved, shape, 1.6)}
         for r in HEDGED:
             env = (envelope_mask(cell, frac, shape, r)
                    | envelope_mask(cell, 2.0 * centre - frac, shape, r))
