@@ -36,6 +36,10 @@ constrained density) is kept; this needs no truth.
   hand-over), while in open cells RAAR from the prediction works and the guided start can
   hold on to a wrong one. The unrefined prediction is itself a candidate, so a good start is
   never replaced by a refined one with a higher residual.
+* A given support (``support=``, e.g. a molecular envelope) replaces either mode's first
+  support and stays fixed unless ``fix_support=False``. In the hard regime's packed cells a
+  fixed envelope of 1.6 A spheres on the true atoms solves every map, 2.0 A spheres about two
+  thirds (BENCHMARKS.md, envelope).
 
 Figure of merit (documented choice): a sigmaA-like estimate needing no truth. In resolution
 bins of equal count the normalised amplitudes ``Eo``, ``Ec`` (observed, and of the chosen
