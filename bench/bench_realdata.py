@@ -1,9 +1,12 @@
 """Time to solution and phase error on the real data sets (../shared/data/real).
 
-Run: ``OMP_NUM_THREADS=1 python bench/bench_realdata.py [--seeds N]``. Prints a markdown table
-with the machine and date. Phase errors are against structure factors computed from the
-deposited models (hydrogens included where present) after the origin/hand search of
-:func:`pattersolve.phasematch.match_phases`; the random-phase floor is printed beside them.
+Run: ``OMP_NUM_THREADS=1 python bench/bench_realdata.py [--seeds N] [--no-french-wilson]``.
+Prints a markdown table with the machine and date. Amplitudes from intensities (sucrose and
+ethylene oxide; the peptides' files carry amplitudes) are French & Wilson's, as in the command;
+``--no-french-wilson`` takes ``sqrt(max(I, 0))`` instead. Phase errors are against structure
+factors computed from the deposited models (hydrogens included where present) after the
+origin/hand search of :func:`pattersolve.phasematch.match_phases`; the random-phase floor is
+printed beside them.
 """
 
 from __future__ import annotations
@@ -61,19 +64,22 @@ def model(path: Path, sg: gemmi.SpaceGroup):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--french-wilson", action=argparse.BooleanOptionalAction, default=True,
+                    help="amplitudes from intensities by French & Wilson (default) or sqrt")
     args = ap.parse_args()
     if not REAL.is_dir():
         raise SystemExit(f"{REAL} not found: the benchmark needs the project's shared data")
     print(f"machine: {platform.node()} {platform.machine()} {platform.processor() or ''}, "
           f"python {platform.python_version()}, OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; date: "
-          f"{datetime.datetime.now().isoformat(timespec='minutes')}\n")
+          f"{datetime.datetime.now().isoformat(timespec='minutes')}; amplitudes from "
+          f"intensities: {'French & Wilson' if args.french_wilson else 'sqrt(max(I, 0))'}\n")
     print("| data | d_min (A) | refl (P1) | method (auto) | seed | seconds | confident | "
           "R(E) | sym. agreement | phase err. w / unw. (deg) | map CC | random floor (deg) | "
           "max atom-peak (A) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, data, ref in SETS:
-        refl = read_reflections(REAL / data)
+        refl = read_reflections(REAL / data, french_wilson=args.french_wilson)
         d_min = float(refl.d.min())
         method, _ = choose_method(refl.cell, d_min)
         frac, el, b, occ, heavy = model(REAL / ref, refl.spacegroup)
@@ -91,10 +97,37 @@ def main() -> None:
                   f"{res.fom['symmetry_agreement_mean']:.2f} | {m.weighted_error:.1f} / "
                   f"{m.unweighted_error:.1f} | {m.map_cc:.3f} | {floor.weighted_error:.0f} | "
                   f"{dist:.2f} |", flush=True)
-    peptide_methods(args.seeds)
+    peptide_methods(args.seeds, args.french_wilson)
+    deposited_amplitudes()
 
 
-def peptide_methods(seeds: int) -> None:
+def deposited_amplitudes() -> None:
+    """French & Wilson from 5E5Z's intensities against the amplitudes deposited beside them."""
+    from pattersolve.frenchwilson import french_wilson
+    from pattersolve.reflections import load_mtz
+
+    mtz, _ = load_mtz(REAL / "5e5z_LVHSSN_P21" / "5e5z.mtz")
+    col = {lab: np.array(mtz.column_with_label(lab)) for lab in ("I", "SIGI", "FP", "SIGFP")}
+    ok = np.isfinite(col["I"]) & (col["SIGI"] > 0) & np.isfinite(col["FP"])
+    i_obs, sig_i, fp, sigfp = (col[lab][ok] for lab in ("I", "SIGI", "FP", "SIGFP"))
+    f, sig_f = french_wilson(mtz.make_miller_array()[ok], i_obs, sig_i, mtz.cell,
+                             mtz.spacegroup)
+    scale = float(np.median(fp / f))
+    weak = i_obs < sig_i
+    print(f"\n5E5Z deposited FP/SIGFP against amplitudes from its I/SIGI ({ok.sum()} "
+          f"reflections, {weak.sum()} with I < sigma(I); overall scale {scale:.3f} fitted):")
+    print("| amplitudes | median rel. diff. FP, all | weak | max | median rel. diff. SIGFP |")
+    print("|---|---|---|---|---|")
+    for name, a, sa in (("French & Wilson", f, sig_f),
+                        ("sqrt(max(I, 0))", np.sqrt(np.clip(i_obs, 0, None)),
+                         sig_i / (2 * np.maximum(np.sqrt(np.clip(i_obs, 0, None)), 1e-6)))):
+        rel = np.abs(scale * a - fp) / fp
+        rel_s = np.abs(scale * sa - sigfp) / sigfp
+        print(f"| {name} | {100 * np.median(rel):.2f} % | {100 * np.median(rel[weak]):.2f} % | "
+              f"{100 * rel.max():.1f} % | {100 * np.median(rel_s):.2f} % |")
+
+
+def peptide_methods(seeds: int, french_wilson: bool = True) -> None:
     """The peptides (1.7-1.8 A) with the methods the command uses there, scored in P1.
 
     Network and refinement solutions are P1 maps with an arbitrary origin, so the phase
@@ -110,7 +143,7 @@ def peptide_methods(seeds: int) -> None:
           "search) | map CC | random floor (deg, P1 search) |")
     print("|---|---|---|---|---|---|---|---|")
     for name, data, ref in SETS[2:]:
-        refl = read_reflections(REAL / data)
+        refl = read_reflections(REAL / data, french_wilson=french_wilson)
         frac, el, b, occ, _ = model(REAL / ref, refl.spacegroup)
         f_model = structure_factors(frac, el, b, refl.cell, refl.hkl, occ)
         floor = random_phase_floor(refl.hkl, f_model, refl.cell, 0, trials=3)

@@ -119,6 +119,9 @@ def _print_models() -> None:
 @click.option("-f", "--f-label", help="Amplitude column (type F).")
 @click.option("--sigf-label", help="Sigma of the amplitude column.")
 @click.option("--free-label", help="Free-set flag column (type I).")
+@click.option("--french-wilson/--no-french-wilson", default=True, show_default=True,
+              help="Amplitudes from intensities by French & Wilson (else sqrt(max(I, 0))); "
+                   "the Patterson always uses the intensities.")
 @click.option("--cell", "cell_text", metavar="A,B,C,AL,BE,GA",
               help="Unit cell (for SHELX input without .ins, or to override).")
 @click.option("--spacegroup", help="Space group (for SHELX input without .ins, or to override).")
@@ -133,8 +136,9 @@ def pattersolve_command(input_file: Path | None, map_out: Path | None, mtz_out: 
                         cycles: int, starts: int, seed: int, threads: int | None,
                         d_min: float | None, d_max: float | None, i_label: str | None,
                         sigi_label: str | None, f_label: str | None, sigf_label: str | None,
-                        free_label: str | None, cell_text: str | None, spacegroup: str | None,
-                        overwrite: bool, quiet: bool, verbose: bool) -> None:
+                        free_label: str | None, french_wilson: bool, cell_text: str | None,
+                        spacegroup: str | None, overwrite: bool, quiet: bool, verbose: bool
+                        ) -> None:
     """Phase X-ray data from its Patterson map: a trained 3D convolutional network predicts
     the density, projection refinement (RAAR + shrink-wrap) fits it to the measured
     amplitudes; atomic-resolution data of small cells are phased by charge flipping.
@@ -156,7 +160,8 @@ def pattersolve_command(input_file: Path | None, map_out: Path | None, mtz_out: 
         d_min=d_min, d_max=d_max,
         labels={"i_label": i_label, "sigi_label": sigi_label, "f_label": f_label,
                 "sigf_label": sigf_label, "free_label": free_label},
-        cell=_floats(cell_text, 6, "--cell"), spacegroup=spacegroup, overwrite=overwrite)
+        cell=_floats(cell_text, 6, "--cell"), spacegroup=spacegroup, overwrite=overwrite,
+        french_wilson=french_wilson)
 
 
 def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path | None,
@@ -164,8 +169,8 @@ def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path
         peaks_out: Path | None = None,
         device: str, cycles: int, starts: int, seed: int, threads: int | None,
         d_min: float | None, d_max: float | None, labels: dict[str, str | None],
-        cell: tuple[float, ...] | None, spacegroup: str | None, overwrite: bool
-        ) -> dict[str, Any]:
+        cell: tuple[float, ...] | None, spacegroup: str | None, overwrite: bool,
+        french_wilson: bool = True) -> dict[str, Any]:
     """The whole job; returns the JSON summary."""
     import numpy as np
 
@@ -191,18 +196,19 @@ def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path
 
     log.info("%s %s", PROGRAM, __version__)
     log.info("parameters: method=%s model=%s backend=%s device=%s cycles=%d starts=%d seed=%d "
-             "d_min=%s d_max=%s labels=%s cell=%s spacegroup=%s", method, model or "default",
-             backend, device, cycles, starts, seed, d_min, d_max,
-             {k: v for k, v in labels.items() if v} or "auto", cell, spacegroup)
+             "d_min=%s d_max=%s labels=%s cell=%s spacegroup=%s french_wilson=%s", method,
+             model or "default", backend, device, cycles, starts, seed, d_min, d_max,
+             {k: v for k, v in labels.items() if v} or "auto", cell, spacegroup, french_wilson)
     refl = read_reflections(input_file, d_min=d_min, d_max=d_max, cell=cell,
-                            spacegroup=spacegroup, **labels)
+                            spacegroup=spacegroup, french_wilson=french_wilson, **labels)
     s = refl.summary
     log.info("read %s (%s): %s, cell %s", input_file, s["format"], s["spacegroup"],
              " ".join(f"{x:g}" for x in s["cell"]))
     col = s["columns"]
-    log.info("columns: %s %s%s%s; Patterson from %s", col["kind"], "/".join(col["value"]),
-             f", sigma {'/'.join(col['sigma'])}" if col["sigma"] else "",
-             f", free {col['free']}" if col["free"] else "", s["patterson_from"])
+    log.info("columns: %s %s%s%s; Patterson from %s, amplitudes from %s", col["kind"],
+             "/".join(col["value"]), f", sigma {'/'.join(col['sigma'])}" if col["sigma"] else "",
+             f", free {col['free']}" if col["free"] else "", s["patterson_from"],
+             s["amplitudes_from"])
     log.info("reflections: %d used of %d (P1: %d), %.2f-%.2f A, completeness %.1f%%",
              s["reflections_used"], s["reflections_in_file"], s["reflections_p1"],
              s["resolution"][0], s["resolution"][1], 100 * s["completeness"])

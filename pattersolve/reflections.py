@@ -5,6 +5,10 @@ directly; mmCIF structure factors and SHELX ``.hkl`` through :mod:`pattersolve.f
 Columns are chosen by MTZ type first, then label priority (:mod:`pattersolve.settings`);
 ambiguity is an error that lists the candidates and the flag that picks one.
 
+The Patterson takes intensities where the file has them; amplitudes for refinement and the
+output come from the file's amplitude column, else from the intensities by French & Wilson
+(:mod:`pattersolve.frenchwilson`).
+
 The result, :class:`Reflections`, holds the data as the P1 half-sphere the rest of the
 program works on, plus the unique (asymmetric-unit) columns to copy into the output MTZ.
 """
@@ -19,7 +23,7 @@ from typing import Any
 import gemmi
 import numpy as np
 
-from . import settings
+from . import frenchwilson, settings
 from .errors import ExitCode, PattersolveError
 from .simulate import d_spacings, is_half_sphere, miller_sphere
 
@@ -49,7 +53,7 @@ class Reflections:
     intensity
         ``|F|^2`` estimates for the Patterson (negative measured intensities clipped to 0).
     amplitude
-        ``|F|`` for refinement (measured amplitudes, or ``sqrt(max(I, 0))``).
+        ``|F|`` for refinement (measured amplitudes, or from intensities by French & Wilson).
     sigma
         Standard uncertainty of ``amplitude`` (``None`` when the input has none).
     free
@@ -328,6 +332,7 @@ def read_reflections(
     d_max: float | None = None,
     cell: tuple[float, ...] | None = None,
     spacegroup: str | None = None,
+    french_wilson: bool = True,
 ) -> Reflections:
     """Read measured data and prepare the P1 half-sphere the program works on.
 
@@ -341,6 +346,10 @@ def read_reflections(
         Resolution cut (Angstrom).
     cell, spacegroup
         Override (or, for SHELX files, supply) the cell and space group.
+    french_wilson
+        Where amplitudes come from intensities with sigmas, take the French & Wilson
+        posterior (:mod:`pattersolve.frenchwilson`); False: ``sqrt(max(I, 0))``. The
+        Patterson always uses the intensities themselves.
 
     Returns
     -------
@@ -422,23 +431,27 @@ def read_reflections(
         intensity = val**2
 
     # --- amplitudes for refinement and output ------------------------------------------------
-    if choice.amplitude is not None and choice.kind != "amplitude":
+    amplitudes_from = "file"
+    if choice.kind in ("amplitude", "anomalous-amplitude"):
+        amplitude, sigma_amp = val, sig
+    elif choice.amplitude is None:
+        amplitude, sigma_amp, amplitudes_from = _amplitudes_from_intensities(
+            hkl, val, sig, ok, mtz, french_wilson, notes)
+    else:  # the file's amplitudes; intensities only where that column is empty
         amp = col(choice.amplitude)
         assert amp is not None
         samp = col(choice.sigma_amplitude)
         amp_ok = np.isfinite(amp)
-        amplitude = np.where(amp_ok, amp, np.sqrt(np.clip(val, 0, None)))
-        sigma_amp = None if samp is None else np.where(amp_ok, samp, np.nan)
-    elif choice.kind in ("amplitude", "anomalous-amplitude"):
-        amplitude, sigma_amp = val, sig
-    else:
-        amplitude = np.sqrt(np.clip(val, 0, None))
-        sigma_amp = None
-        if sig is not None:
-            # first-order propagation, with a floor at I ~ 0 (no French-Wilson here)
-            sigma_amp = np.where(amplitude > 0, sig / (2 * np.maximum(amplitude, 1e-6)),
-                                 np.sqrt(sig))
-        notes.append("amplitudes taken as sqrt(max(I, 0)) (no French-Wilson treatment)")
+        amplitude, sigma_amp = amp, samp
+        if (ok & ~amp_ok).any():
+            from_i, sig_from_i, how = _amplitudes_from_intensities(  # Wilson's prior from all
+                hkl, val, sig, ok, mtz, french_wilson, [])
+            amplitude = np.where(amp_ok, amp, from_i)
+            if samp is not None or sig_from_i is not None:
+                sigma_amp = np.where(amp_ok, np.nan if samp is None else samp,
+                                     np.nan if sig_from_i is None else sig_from_i)
+            notes.append(f"{int((ok & ~amp_ok).sum())} reflections without "
+                         f"{choice.amplitude} take their amplitude from the intensity ({how})")
     free = col(choice.free)
 
     asu_hkl = hkl[ok]
@@ -468,6 +481,7 @@ def read_reflections(
             "free": choice.free,
         },
         "patterson_from": "intensities" if is_intensity else "amplitudes squared",
+        "amplitudes_from": amplitudes_from,
         "reflections_in_file": int(mtz.nreflections),
         "reflections_used": int(ok.sum()),
         "reflections_p1": int(len(p1_hkl)),
@@ -483,6 +497,33 @@ def read_reflections(
         asu_free=None if free is None else free[ok],
         summary=summary, mtz=mtz,
     )
+
+
+def _amplitudes_from_intensities(hkl: np.ndarray, val: np.ndarray, sig: np.ndarray | None,
+                                 ok: np.ndarray, mtz: gemmi.Mtz, french_wilson: bool,
+                                 notes: list[str]) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """``|F|`` and its sigma from intensities (rows outside ``ok`` are NaN or unused).
+
+    French & Wilson where sigmas exist and it is wanted; otherwise ``sqrt(max(I, 0))`` with
+    first-order sigmas (floored at ``I ~ 0``). Returns the method's name as the third value.
+    """
+    if french_wilson and sig is not None:
+        amplitude = np.full(len(val), np.nan)
+        sigma_amp = np.full(len(val), np.nan)
+        amplitude[ok], sigma_amp[ok] = frenchwilson.french_wilson(
+            hkl[ok], val[ok], sig[ok], mtz.cell, mtz.spacegroup)
+        n_weak = int((ok & (val < sig)).sum())
+        notes.append(f"amplitudes from intensities by French & Wilson (Wilson prior in "
+                     f"resolution shells; {n_weak} reflections with I < sigma(I))")
+        return amplitude, sigma_amp, "french-wilson"
+    amplitude = np.sqrt(np.clip(val, 0, None))
+    sigma_amp = None
+    if sig is not None:
+        sigma_amp = np.where(amplitude > 0, sig / (2 * np.maximum(amplitude, 1e-6)),
+                             np.sqrt(sig))
+    why = "no sigmas in the file" if sig is None else "French-Wilson turned off"
+    notes.append(f"amplitudes taken as sqrt(max(I, 0)) ({why})")
+    return amplitude, sigma_amp, "sqrt(max(I, 0))"
 
 
 def _count_possible(cell: gemmi.UnitCell, sg: gemmi.SpaceGroup, d_min: float, d_max: float

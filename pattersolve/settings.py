@@ -85,3 +85,9 @@ HYBRID_GUIDE_FRACTION = 2.0 / 3.0
 HYBRID_GUIDE_MIN_PACKING = 0.15
 #: Volume within 1.6 A of an atom per electron of F(000) (A^3/e): fitted on tripeptide cells.
 PACKING_PER_ELECTRON = 1.69
+
+# French & Wilson amplitudes from intensities (pattersolve.frenchwilson)
+FW_SHELLS = 20  # at most this many equal-count resolution shells for Wilson's Sigma
+FW_MIN_PER_SHELL = 50  # and at least this many reflections in each
+FW_NODES = 400  # quadrature points in F per reflection
+FW_WIDTH = 10.0  # the F grid spans the posterior's mu +- FW_WIDTH sigma in F^2

@@ -133,3 +133,38 @@ def test_p21_solution_located_and_written_in_p21(tmp_path):
     m = _phase_error(truth, tmp_path / "o.mtz")
     assert m.weighted_error < 10, m.to_dict()
     assert abs(m.shift[0] * 2 - round(m.shift[0] * 2)) < 1e-6  # a permitted P2(1) origin
+
+
+def test_intensities_in_french_wilson_amplitudes_out(tmp_path, alaala):
+    """Measured intensities (some negative): the command refines against French & Wilson
+    amplitudes and writes them as FP/SIGFP; --no-french-wilson writes sqrt(max(I, 0))."""
+    from pattersolve import synthetic
+    from pattersolve.frenchwilson import french_wilson
+
+    rng = np.random.default_rng(4)
+    cell, hkl = alaala.placement.cell, alaala.hkl
+    i_true = np.abs(alaala.f) ** 2
+    sig = 0.03 * i_true + 0.1 * np.median(i_true)
+    i_obs = i_true + sig * rng.standard_normal(len(i_true))
+    assert (i_obs < 0).sum() >= 5
+    data = tmp_path / "i.mtz"
+    synthetic.write_data_mtz(data, cell, hkl, [("IMEAN", "J", i_obs), ("SIGIMEAN", "Q", sig)])
+    truth = tmp_path / "truth.mtz"
+    synthetic.write_data_mtz(truth, cell, hkl, synthetic.phase_columns(alaala.f))
+    fp = {}
+    for flag, how in (("--french-wilson", "french-wilson"),
+                      ("--no-french-wilson", "sqrt(max(I, 0))")):
+        out = tmp_path / f"{how[:4]}.map"
+        assert _run([data, "-o", out, "--method", "classical", flag, "--json",
+                     tmp_path / f"{how[:4]}.json", "-q"]) == 0
+        summary = json.loads((tmp_path / f"{how[:4]}.json").read_text())
+        assert summary["input"]["amplitudes_from"] == how
+        mtz = gemmi.read_mtz_file(str(out.with_suffix(".mtz")))
+        table = dict(zip(map(tuple, mtz.make_miller_array().tolist()),
+                         np.array(mtz.column_with_label("FP")), strict=True))
+        fp[how] = np.array([table[tuple(h)] for h in hkl.tolist()])
+        assert _phase_error(truth, out.with_suffix(".mtz")).weighted_error < 10
+    f_fw, _ = french_wilson(hkl, i_obs, sig, cell, gemmi.SpaceGroup("P 1"))
+    np.testing.assert_allclose(fp["french-wilson"], f_fw, rtol=1e-5)
+    neg = i_obs < 0
+    assert (fp["sqrt(max(I, 0))"][neg] == 0).all() and (fp["french-wilson"][neg] > 0).all()

@@ -136,3 +136,56 @@ def test_command_on_sucrose_writes_crystal_spacegroup(tmp_path):
     f_model = structure_factors(frac, el, b, cell, hkl)
     m = match_phases(hkl, f_model, f, cell, spacegroup=sg)
     assert m.weighted_error < 30, m.to_dict()
+
+
+def test_french_wilson_reproduces_the_deposited_amplitudes_of_5e5z():
+    """The PDB's 5E5Z file carries I/SIGI and the FP/SIGFP its depositors derived from them.
+    French & Wilson from the intensities alone gives the same amplitudes (up to the file's
+    overall scale) to a fraction of a per cent, weak reflections included, where
+    sqrt(max(I, 0)) is off by most of the amplitude."""
+    from pattersolve.frenchwilson import french_wilson
+    from pattersolve.reflections import load_mtz
+
+    mtz, _ = load_mtz(REAL / "5e5z_LVHSSN_P21" / "5e5z.mtz")
+    col = {lab: np.array(mtz.column_with_label(lab)) for lab in ("I", "SIGI", "FP", "SIGFP")}
+    ok = np.isfinite(col["I"]) & (col["SIGI"] > 0) & np.isfinite(col["FP"])
+    hkl = mtz.make_miller_array()[ok]
+    i_obs, sig_i, fp, sigfp = (col[lab][ok] for lab in ("I", "SIGI", "FP", "SIGFP"))
+    f, sig_f = french_wilson(hkl, i_obs, sig_i, mtz.cell, mtz.spacegroup)
+    scale = np.median(fp / f)
+    rel = np.abs(fp / (scale * f) - 1.0)
+    weak = i_obs < sig_i
+    assert weak.sum() >= 10
+    assert np.median(rel) < 0.002 and np.median(rel[weak]) < 0.005 and rel.max() < 0.03
+    assert np.median(np.abs(sigfp / (scale * sig_f) - 1.0)) < 0.01
+    sqrt_i = scale * np.sqrt(np.clip(i_obs[weak], 0.0, None))
+    assert np.median(np.abs(fp[weak] - sqrt_i) / fp[weak]) > 0.3  # what FW corrects
+
+
+@pytest.mark.parametrize("hkl_file", ["sucrose_P21_smallmol/sucrose.hkl",
+                                      "epoxide_P21n_smallmol/epoxide.hkl"])
+def test_french_wilson_agrees_with_reciprocalspaceship(hkl_file):
+    """Measured small-molecule intensities: our posterior and Wilson's Sigma against
+    reciprocalspaceship's (kernel-smoothed Sigma, its own quadrature)."""
+    rs = pytest.importorskip("reciprocalspaceship")
+    from pattersolve.frenchwilson import french_wilson
+    from pattersolve.reflections import load_mtz
+
+    mtz, _ = load_mtz(REAL / hkl_file)
+    hkl = mtz.make_miller_array()
+    i_obs, sig_i = np.array(mtz.column_with_label("I")), np.array(mtz.column_with_label("SIGI"))
+    ok = (np.isfinite(i_obs) & (sig_i > 0)
+          & ~mtz.spacegroup.operations().systematic_absences(hkl))
+    hkl, i_obs, sig_i = hkl[ok], i_obs[ok], sig_i[ok]
+    ds = rs.DataSet({"H": hkl[:, 0], "K": hkl[:, 1], "L": hkl[:, 2], "I": i_obs,
+                     "SIGI": sig_i}, cell=mtz.cell, spacegroup=mtz.spacegroup)
+    ds = ds.set_index(["H", "K", "L"])
+    ds["I"], ds["SIGI"] = ds["I"].astype("Intensity"), ds["SIGI"].astype("Stddev")
+    ref = rs.algorithms.scale_merged_intensities(ds, "I", "SIGI",
+                                                 mean_intensity_method="isotropic")
+    f, _ = french_wilson(hkl, i_obs, sig_i, mtz.cell, mtz.spacegroup)
+    rel = np.abs(f / ref["FW-F"].to_numpy() - 1.0)
+    weak = i_obs < sig_i
+    assert weak.sum() > 50
+    assert np.median(rel[weak]) < 0.01 and np.percentile(rel[weak], 90) < 0.03
+    assert np.median(rel[i_obs > 10 * sig_i]) < 1e-3

@@ -8,6 +8,7 @@ import pytest
 
 from pattersolve import synthetic
 from pattersolve.errors import ExitCode, PattersolveError
+from pattersolve.frenchwilson import french_wilson
 from pattersolve.reflections import expand_to_p1_half, read_reflections
 from pattersolve.simulate import is_half_sphere, miller_sphere
 
@@ -39,12 +40,45 @@ def test_intensities_only(tmp_path, data):
     inten = amp**2
     inten[:5] = -1.0  # negative measured intensities
     p = _write(tmp_path, cell, hkl, [("IMEAN", "J", inten), ("SIGIMEAN", "Q", 0.05 * amp**2 + 1)])
-    r = read_reflections(p)
+    r = read_reflections(p, french_wilson=False)
     assert r.summary["columns"]["kind"] == "intensity"
     assert r.summary["columns"]["sigma"] == ["SIGIMEAN"]
+    assert r.summary["amplitudes_from"] == "sqrt(max(I, 0))"
     assert (r.intensity >= 0).all() and (r.amplitude >= 0).all()
     assert any("negative intensities" in n for n in r.summary["notes"])
     assert np.allclose(r.amplitude[5:], amp[5:], rtol=1e-5)
+    assert (r.amplitude[:5] == 0).all()
+
+
+def test_intensities_become_french_wilson_amplitudes(tmp_path, data):
+    """By default amplitudes from intensities are French & Wilson's; the Patterson keeps I."""
+    cell, hkl, amp = data
+    inten, sig = amp**2, 0.05 * amp**2 + 1
+    inten[:5] = -1.0
+    p = _write(tmp_path, cell, hkl, [("IMEAN", "J", inten), ("SIGIMEAN", "Q", sig)])
+    r = read_reflections(p)
+    assert r.summary["amplitudes_from"] == "french-wilson"
+    assert any("French & Wilson" in n for n in r.summary["notes"])
+    f_ref, sd_ref = french_wilson(hkl, inten, sig, cell, gemmi.SpaceGroup("P 1"))
+    np.testing.assert_allclose(r.amplitude, f_ref, rtol=1e-6)  # P1: one row per reflection
+    np.testing.assert_allclose(r.sigma, sd_ref, rtol=1e-6)
+    assert (r.amplitude[:5] > 0.1).all()  # negative I: a small positive amplitude, not 0
+    # strong reflections stay near sqrt(I), less the prior's pull sigma^2 / Sigma on those far
+    # out in Wilson's tail (a dipeptide in an empty cube has many)
+    strong = inten > 10 * sig
+    assert strong.sum() > 100 and np.allclose(r.amplitude[strong], amp[strong], rtol=0.03)
+    assert np.median(r.amplitude[strong] / amp[strong]) > 0.99
+    assert np.allclose(r.intensity[5:], inten[5:], rtol=1e-6)
+    assert (r.asu_amplitude > 0).all() and (r.asu_sigma > 0).all()
+
+
+def test_intensities_without_sigmas_fall_back_to_sqrt(tmp_path, data):
+    cell, hkl, amp = data
+    p = _write(tmp_path, cell, hkl, [("IMEAN", "J", amp**2)])
+    r = read_reflections(p)
+    assert r.summary["amplitudes_from"] == "sqrt(max(I, 0))"
+    assert any("no sigmas" in n for n in r.summary["notes"])
+    assert np.allclose(r.amplitude, amp, rtol=1e-5) and r.sigma is None
 
 
 def test_both_prefers_intensity_for_patterson_and_keeps_amplitudes(tmp_path, data):
@@ -57,6 +91,24 @@ def test_both_prefers_intensity_for_patterson_and_keeps_amplitudes(tmp_path, dat
     assert r.summary["patterson_from"] == "intensities"
     assert np.allclose(r.intensity, 1.1 * amp**2, rtol=1e-5)
     assert np.allclose(r.amplitude, amp, rtol=1e-6)
+
+
+def test_missing_amplitudes_come_from_the_intensities(tmp_path, data):
+    cell, hkl, amp = data
+    fp = amp.copy()
+    fp[:4] = np.nan
+    sig_i = 0.05 * amp**2 + 1
+    p = _write(tmp_path, cell, hkl, [("FP", "F", fp), ("SIGFP", "Q", amp * 0.02),
+                                     ("I", "J", amp**2), ("SIGI", "Q", sig_i)])
+    r = read_reflections(p)
+    assert r.summary["amplitudes_from"] == "file"
+    assert any("4 reflections without FP" in n and "french-wilson" in n
+               for n in r.summary["notes"])
+    f_fw, sd_fw = french_wilson(hkl, amp**2, sig_i, cell, gemmi.SpaceGroup("P 1"))
+    np.testing.assert_allclose(r.amplitude[:4], f_fw[:4], rtol=1e-6)
+    np.testing.assert_allclose(r.sigma[:4], sd_fw[:4], rtol=1e-6)
+    np.testing.assert_allclose(r.amplitude[4:], amp[4:], rtol=1e-6)
+    np.testing.assert_allclose(r.sigma[4:], amp[4:] * 0.02, rtol=1e-5)
 
 
 def test_anomalous_only_merged_to_mean(tmp_path, data):
