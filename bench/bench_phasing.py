@@ -42,6 +42,7 @@ from pattersolve.solve import solve
 from pattersolve.synthetic import simulate_fragment
 
 REPO = Path(__file__).resolve().parents[1]
+CLAIMED = ("network", "prediction")  # hand bases that name the network's hand
 SHARDS = REPO / "data" / "shards"
 
 
@@ -141,9 +142,14 @@ def run_regime(regime: Regime, n: int, seed: int, starts: int, cycles: int,
                 sol = solve(refl, shape, method, predictor=predictor, cycles=cycles,
                             starts=starts, seed=k, guided=guided)
                 m = match_phases(refl.hkl, f_true, sol.f, refl.cell)
-            rows[method].append({"weighted": m.weighted_error, "unweighted": m.unweighted_error,
-                                 "cc": m.map_cc, "seconds": time.perf_counter() - t0,
-                                 "source": frag.source})
+            row = {"weighted": m.weighted_error, "unweighted": m.unweighted_error,
+                   "cc": m.map_cc, "seconds": time.perf_counter() - t0,
+                   "inverted": bool(m.inverted), "source": frag.source}
+            if method in ("network", "hybrid"):
+                row["centrosymmetry"] = sol.stages["network"]["centrosymmetry"]
+            if method != "random":
+                row["hand_basis"] = sol.stages["hand"]["basis"]
+            rows[method].append(row)
     summary = {}
     for method, rs in rows.items():
         w = np.array([r["weighted"] for r in rs])
@@ -155,6 +161,18 @@ def run_regime(regime: Regime, n: int, seed: int, starts: int, cycles: int,
             "under_15": float((w < 15).mean()), "under_30": float((w < 30).mean()),
             "under_60": float((w < 60).mean()),
             "seconds": float(statistics.median([r["seconds"] for r in rs])),
+            # the hand, where it means something: of the maps solved to < 30 deg, the share
+            # that needed no inversion (the true enantiomorph; 0.5 is a coin toss)
+            "solved_right_hand": (float(np.mean([not r["inverted"] for r in rs
+                                                 if r["weighted"] < 30]))
+                                  if (w < 30).any() else float("nan")),
+            # where the command says the hand is the network's (stages.hand.basis "network"
+            # after refinement, "prediction" for the network alone), and how often it is
+            "hand_claimed": int(sum(r.get("hand_basis") in CLAIMED for r in rs)),
+            "hand_claimed_right": (float(np.mean([not r["inverted"] for r in rs
+                                                  if r.get("hand_basis") in CLAIMED]))
+                                   if any(r.get("hand_basis") in CLAIMED for r in rs)
+                                   else float("nan")),
         }
     return {"regime": regime.__dict__, "model": regime.model if predictor else None,
             "summary": summary, "maps": rows}
@@ -162,17 +180,22 @@ def run_regime(regime: Regime, n: int, seed: int, starts: int, cycles: int,
 
 def table(results: list[dict]) -> str:
     lines = ["| regime | method | median CC | median err w / unw (deg) | < 15 | < 30 | < 60 "
-             "| s/map |", "|---|---|---|---|---|---|---|---|"]
+             "| true hand (of < 30) | hand from the network: maps, true | s/map |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         name = res["regime"]["name"]
         for method in ("network", "classical", "hybrid", "random"):
             s = res["summary"].get(method)
             if s is None:
-                lines.append(f"| {name} | {method} | no model for this regime | | | | | |")
+                lines.append(f"| {name} | {method} | no model for this regime | | | | | | | |")
                 continue
+            hand = s.get("solved_right_hand", float("nan"))
+            claimed = s.get("hand_claimed", 0)
+            claim = (f"{claimed}, {s['hand_claimed_right']:.2f}" if claimed else "-")
             lines.append(f"| {name} | {method} | {s['median_cc']:.3f} | "
                          f"{s['median_weighted']:.1f} / {s['median_unweighted']:.1f} | "
                          f"{s['under_15']:.2f} | {s['under_30']:.2f} | {s['under_60']:.2f} | "
+                         f"{'-' if np.isnan(hand) else f'{hand:.2f}'} | {claim} | "
                          f"{s['seconds']:.2f} |")
     return "\n".join(lines)
 

@@ -259,6 +259,9 @@ def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path
     warnings += sol.warnings
     for w in warnings:
         log.warning("warning: %s", w)
+    hand = sol.stages.get("hand")
+    if hand:
+        log.info("hand: %s (%s)", hand["basis"], hand["note"])
 
     # --- outputs ----------------------------------------------------------------------------
     import gemmi
@@ -314,6 +317,7 @@ def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path
             else "not assessed: P1 data have no symmetry to check; see mean_fom and the "
             "amplitude residuals" if sol.confident is None
             else "agreement of the P1 solution with the crystal's symmetry"),
+        "hand": hand,
         "warnings": warnings,
         "peaks": None if peaks_out is None else {"file": str(peaks_out), "n": n_peaks},
         "seconds": round(time.perf_counter() - t_start, 3),

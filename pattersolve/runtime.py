@@ -84,6 +84,18 @@ class ModelInfo:
     def task(self) -> str:
         return self.metadata.get("task", "")
 
+    @property
+    def learned_hand(self) -> bool:
+        """Whether the network was trained to predict the true enantiomorph.
+
+        A network trained on L-amino-acid fragments with a plain loss learns their chirality
+        (BENCHMARKS.md: the true hand on every solved 1b test map); one trained with the
+        twin-invariant loss (``loss_twin``) is scored against the better hand and so is blind
+        to it by construction. False when the card does not say how the model was trained.
+        """
+        training = self.card.get("training")
+        return isinstance(training, dict) and not bool(training.get("loss_twin", False))
+
     def weight_file(self, kind: str) -> Path:
         """Path of ``model.onnx`` or ``model.safetensors`` after verifying its checksum."""
         path = self.path / kind

@@ -91,3 +91,14 @@ FW_SHELLS = 20  # at most this many equal-count resolution shells for Wilson's S
 FW_MIN_PER_SHELL = 50  # and at least this many reflections in each
 FW_NODES = 400  # quadrature points in F per reflection
 FW_WIDTH = 10.0  # the F grid spans the posterior's mu +- FW_WIDTH sigma in F^2
+
+# The hand (enantiomorph) of a network + refinement solution (pattersolve.solve). Both limits
+# were chosen on validation maps (bench_phasing.py --split val --n 60, regimes 1b, 2, 2-noise,
+# 2-lowres: with both, the network's hand was the true one on 69 of the 70 maps it passed).
+#: Largest weighted phase difference (deg, amplitude-weighted, after origin and hand search)
+#: between the refined solution and the network's prediction for the prediction's hand to be
+#: taken over; beyond it the prediction was too poor for its hand to mean much.
+HAND_MAX_PHASE_DIFFERENCE = 60.0
+#: Largest centrosymmetry of the prediction (pattersolve.phases.centrosymmetry) for its hand
+#: to count: above it the prediction hedges between the two hands.
+HAND_MAX_CENTROSYMMETRY = 0.85

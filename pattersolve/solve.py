@@ -15,6 +15,13 @@ Methods (``--method``):
 Every P1 solution of data in another space group then goes through
 :func:`locate_in_spacegroup`.
 
+The hand: amplitudes cannot tell a structure from its mirror image, so refinement from random
+phases and charge flipping return either enantiomorph. A network trained on L-amino acids with
+a plain loss has learned their chirality; a hybrid solution is put into the prediction's hand
+where the prediction commits to one and the solution stays near it (:func:`_network_hand`).
+Each solution's ``stages["hand"]`` says which basis holds (``network``, ``prediction``,
+``arbitrary`` or ``centrosymmetric``) and why.
+
 The prediction is made on the model's grid (its recorded spacing), from the Patterson of the
 reflections the model's resolution covers, normalised exactly as in training (per-map
 min/max to [-1, 1]); its structure factors are taken back to the cell's own grid by Fourier
@@ -76,6 +83,69 @@ class Solution:
     peaks: Any = None  # pattersolve.peaks.Peaks of the solution, when the method makes them
 
 
+_ARBITRARY = ("amplitudes alone cannot tell the two enantiomorphs apart: check the chirality "
+              "of a model built into the map (L-amino acids) and invert it (x -> -x) if needed")
+
+
+def _hand(refl: Reflections, basis: str, note: str, **extra: Any) -> dict[str, Any]:
+    """The ``hand`` stage of a solution: which enantiomorph it is, and on what grounds."""
+    if refl.spacegroup.is_centrosymmetric():
+        return {"basis": "centrosymmetric", "note": f"{refl.spacegroup.hm} is centrosymmetric: "
+                "the structure is its own enantiomorph"}
+    return {"basis": basis, "note": note, **extra}
+
+
+def _network_hand(refl: Reflections, f: np.ndarray, pred: Prediction, learned: bool,
+                  centrosym: float, refined: bool) -> tuple[np.ndarray, dict[str, Any]]:
+    """Give a solution the hand of the network's prediction, where the network knows it.
+
+    A network trained with a plain loss on L-amino-acid fragments predicts the true
+    enantiomorph (:attr:`pattersolve.runtime.ModelInfo.learned_hand`) unless its prediction
+    hedges between the hands (centrosymmetry above
+    :data:`~pattersolve.settings.HAND_MAX_CENTROSYMMETRY`). Refinement from the prediction
+    can end in either hand, since both fit the amplitudes equally: the refined solution is
+    compared with the prediction (the measured amplitudes with the prediction's phases) after
+    the origin and hand search of :func:`pattersolve.phasematch.match_phases`, and if the
+    other hand fits the prediction better the solution is inverted (``F -> F*``, the map
+    ``rho(x) -> rho(-x)``), which changes nothing in its fit to the data. Beyond
+    :data:`~pattersolve.settings.HAND_MAX_PHASE_DIFFERENCE` the prediction was too poor and
+    the hand stays arbitrary. Without refinement (``--method network``) nothing checks the
+    prediction: its hand is reported as the prediction's, unverified.
+    """
+    extra: dict[str, Any] = {"prediction_centrosymmetry": round(centrosym, 3)}
+    if not learned:
+        return f, _hand(refl, "arbitrary", f"model {pred.model} was trained blind to the hand "
+                        f"(twin-invariant loss); {_ARBITRARY}", **extra)
+    if centrosym > settings.HAND_MAX_CENTROSYMMETRY:
+        return f, _hand(refl, "arbitrary", f"the prediction hedges between the hands "
+                        f"(centrosymmetry {centrosym:.2f} > "
+                        f"{settings.HAND_MAX_CENTROSYMMETRY}); {_ARBITRARY}", **extra)
+    if not refined:
+        return f, _hand(refl, "prediction", f"the prediction's hand, unverified (no "
+                        f"refinement): model {pred.model} learned the chirality of L-amino "
+                        "acids", **extra)
+    from .phasematch import match_phases
+
+    cov = pred.covered
+    m = match_phases(refl.hkl[cov], refl.amplitude[cov] * np.exp(1j * np.angle(pred.f[cov])),
+                     f[cov], refl.cell)
+    diff = round(float(m.weighted_error), 1)
+    extra["phase_difference_to_prediction"] = diff
+    if diff > settings.HAND_MAX_PHASE_DIFFERENCE:
+        return f, _hand(refl, "arbitrary", f"the refined solution is {diff:.0f} deg from the "
+                        f"prediction, too far to take its hand; {_ARBITRARY}",
+                        inverted_to_network_hand=False, **extra)
+    inverted = bool(m.inverted) and not refl.spacegroup.is_centrosymmetric()
+    if inverted:
+        f = np.conj(f)
+        log.info("hand: refinement ended in the other hand than the prediction (%.0f deg "
+                 "apart after inversion): inverted to the network's hand", diff)
+    return f, _hand(refl, "network", f"the prediction's hand (the solution is {diff:.0f} deg "
+                    f"from it{', after inverting the solution' if inverted else ''}): model "
+                    f"{pred.model} learned the chirality of L-amino acids (BENCHMARKS.md, the "
+                    "hand)", inverted_to_network_hand=inverted, **extra)
+
+
 def model_grid(refl: Reflections, spacing: float) -> tuple[int, int, int]:
     """The grid with the model's spacing over the input cell (even sizes)."""
     return grid_shape_for_spacing(refl.cell, spacing, multiple=2)
@@ -132,11 +202,14 @@ def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
                  "%.2f s", pred.backend, r_net, int(pred.covered.sum()),
                  stages["network"]["centrosymmetry"], pred.seconds)
         phase = np.exp(1j * np.angle(pred.f))
+        learned = bool(getattr(getattr(predictor, "model", None), "learned_hand", False))
         if method == "network":
             f = refl.amplitude * phase
             fom = np.where(pred.covered,
                            sigmaa_fom(refl.hkl, refl.amplitude, pred.f, refl.cell), 0.0)
             f = np.where(pred.covered, f, 0)
+            _, stages["hand"] = _network_hand(refl, f, pred, learned,
+                                              stages["network"]["centrosymmetry"], refined=False)
             rho = density_map(refl.hkl, fom * f, shape, vol)
             return Solution(f=f, fom=fom, density=rho, shape=shape, method=method,
                             stages=stages)
@@ -162,6 +235,11 @@ def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
              stages["refinement"]["start"], res.residual_start, res.residual_final,
              len(res.starts), res.seconds)
     f = refl.amplitude * np.exp(1j * np.angle(res.f))
+    if start_density is not None:
+        f, stages["hand"] = _network_hand(refl, f, pred, learned,
+                                          stages["network"]["centrosymmetry"], refined=True)
+    else:
+        stages["hand"] = _hand(refl, "arbitrary", _ARBITRARY)
     rho = density_map(refl.hkl, res.fom * f, shape, vol)
     return Solution(f=f, fom=res.fom, density=rho, shape=shape, method=method, stages=stages)
 
@@ -181,6 +259,8 @@ def solve_chargeflip(refl: Reflections, seed: int = 0) -> Solution:
         "confident": bool(res.confident), "hand_determined": bool(res.hand_determined),
         "figures_of_merit": res.fom, "seconds": round(res.seconds, 3),
     }}
+    stages["hand"] = (_hand(refl, "centrosymmetric", "the structure found is centrosymmetric")
+                      if res.hand_determined else _hand(refl, "arbitrary", _ARBITRARY))
     log.info("charge flipping: origin shift %s, symmetry agreement %s, %s, %.2f s",
              " ".join(f"{x:.3f}" for x in res.origin_shift),
              " ".join(f"{x:.2f}" for x in res.symmetry_agreement),

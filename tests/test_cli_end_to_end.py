@@ -49,6 +49,10 @@ def test_solves_simulated_alaala(tmp_path, alaala_mtz, method, limit):
         assert 0.3 < summary["stages"]["network"]["centrosymmetry"] < 0.85
     m = _phase_error(truth, tmp_path / "solved.mtz")
     assert m.weighted_error < limit, m.to_dict()
+    if method == "hybrid":  # alaala-10A knows L-alanine: the map comes out in the true hand
+        assert summary["hand"]["basis"] == "network" and not m.inverted, summary["hand"]
+    else:
+        assert summary["hand"]["basis"] == "arbitrary"
 
 
 def test_outputs_open_in_independent_readers(tmp_path, alaala_mtz):

@@ -34,6 +34,11 @@ def test_prepare_fit_evaluate_export(tmp_path: Path, train_synthetic_source: Pat
     assert ev["n"] == 6 and 0 < ev["median_phase_error_weighted"] < 180
     assert ev["random_floor"]["median_phase_error_weighted"] > 40
     assert ev["median_twin_cc"] >= ev["median_cc"]  # the better of two hands
+    under_60 = [json.loads(line) for line in
+                (run / "evaluation" / "examples.jsonl").read_text().splitlines()]
+    under_60 = [r for r in under_60 if r["phase_error_weighted"] < 60]
+    assert ev["fraction_true_hand"] == (
+        None if not under_60 else sum(not r["inverted"] for r in under_60) / len(under_60))
     assert 0 < ev["median_true_centrosymmetry"] < 0.9 and 0 < ev["median_centrosymmetry"] <= 1
     assert len(ev["bins"]) >= 3 and (run / "evaluation" / "cc_histogram.png").stat().st_size
     assert (run / "evaluation" / "phase_error_by_resolution.png").is_file()

@@ -41,11 +41,14 @@ class EvalSummary:
     def one_line(self) -> str:
         """A line for the terminal."""
         d, f = self.data, self.data["random_floor"]
+        hand = d.get("fraction_true_hand")
+        hand_text = "-" if hand is None else f"{hand:.2f}"
         return (f"{self.out}: n={d['n']} median CC {d['median_cc']:.3f} (better hand "
                 f"{d['median_twin_cc']:.3f}, centrosymmetry {d['median_centrosymmetry']:.2f}; "
                 f"true maps {d['median_true_centrosymmetry']:.2f}), phase error "
                 f"{d['median_phase_error_weighted']:.1f} deg weighted / "
-                f"{d['median_phase_error_unweighted']:.1f} unweighted (random floor "
+                f"{d['median_phase_error_unweighted']:.1f} unweighted, true hand {hand_text} "
+                f"of those < 60 (random floor "
                 f"{f['median_phase_error_weighted']:.1f} / "
                 f"{f['median_phase_error_unweighted']:.1f}, CC {f['median_map_cc']:.2f})")
 
@@ -218,6 +221,12 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
         "median_map_cc": med("map_cc"),
         "fraction_of_examples_under_60": float(np.mean([r["phase_error_weighted"] < 60
                                                         for r in rows])),
+        # the hand, where a prediction has one: of the examples under 60 deg, the share whose
+        # best alignment needed no inversion (0.5: the network does not know the hand)
+        "fraction_true_hand": (float(np.mean([not r["inverted"] for r in rows
+                                              if r["phase_error_weighted"] < 60]))
+                               if any(r["phase_error_weighted"] < 60 for r in rows)
+                               else None),
         "random_floor": {"median_phase_error_weighted": med("floor_weighted"),
                          "median_phase_error_unweighted": med("floor_unweighted"),
                          "median_map_cc": med("floor_map_cc"), "trials": floor_trials},

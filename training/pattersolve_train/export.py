@@ -152,6 +152,8 @@ def _model_card(name: str, meta: dict[str, str], cfg: TrainConfig, ckpt: dict[st
         f"| median CC (density) | {fmt(ev.get('median_cc'))} | - | "
         f"{fmt((paper or {}).get('median_cc'), '.2f')} |",
         f"| median CC with the better-fitting hand | {fmt(ev.get('median_twin_cc'))} | - | - |",
+        f"| true hand (of the examples < 60 deg) | {fmt(ev.get('fraction_true_hand'), '.2f')} "
+        "| 0.5 | - |",
         f"| median centrosymmetry of the map (true maps: "
         f"{fmt(ev.get('median_true_centrosymmetry'), '.2f')}) | "
         f"{fmt(ev.get('median_centrosymmetry'))} | - | - |",
