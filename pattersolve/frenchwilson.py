@@ -81,7 +81,7 @@ def mean_intensity(s2: np.ndarray, intensity: np.ndarray, epsilon: np.ndarray,
 
 def posterior_amplitudes(intensity: np.ndarray, sigma: np.ndarray, prior: np.ndarray,
                          centric: np.ndarray, nodes: int = FW_NODES, width: float = FW_WIDTH,
-                         chunk: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+                         chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Posterior mean and standard deviation of ``|F|`` given ``I``, ``sigma(I)``, the prior.
 
     Parameters
