@@ -84,7 +84,9 @@ class Solution:
 
 
 _ARBITRARY = ("amplitudes alone cannot tell the two enantiomorphs apart: check the chirality "
-              "of a model built into the map (L-amino acids) and invert it (x -> -x) if needed")
+              "of a model built into the map (for peptides, L-amino acids) and invert it "
+              "(x -> -x) if needed")
+_LEARNED = "learned the chirality of L-amino acids (a D-peptide comes out inverted)"
 
 
 def _hand(refl: Reflections, basis: str, note: str, **extra: Any) -> dict[str, Any]:
@@ -122,8 +124,7 @@ def _network_hand(refl: Reflections, f: np.ndarray, pred: Prediction, learned: b
                         f"{settings.HAND_MAX_CENTROSYMMETRY}); {_ARBITRARY}", **extra)
     if not refined:
         return f, _hand(refl, "prediction", f"the prediction's hand, unverified (no "
-                        f"refinement): model {pred.model} learned the chirality of L-amino "
-                        "acids", **extra)
+                        f"refinement): model {pred.model} {_LEARNED}", **extra)
     from .phasematch import match_phases
 
     cov = pred.covered
@@ -142,8 +143,8 @@ def _network_hand(refl: Reflections, f: np.ndarray, pred: Prediction, learned: b
                  "apart after inversion): inverted to the network's hand", diff)
     return f, _hand(refl, "network", f"the prediction's hand (the solution is {diff:.0f} deg "
                     f"from it{', after inverting the solution' if inverted else ''}): model "
-                    f"{pred.model} learned the chirality of L-amino acids (BENCHMARKS.md, the "
-                    "hand)", inverted_to_network_hand=inverted, **extra)
+                    f"{pred.model} {_LEARNED}; BENCHMARKS.md, the hand",
+                    inverted_to_network_hand=inverted, **extra)
 
 
 def model_grid(refl: Reflections, spacing: float) -> tuple[int, int, int]:
