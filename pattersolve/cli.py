@@ -248,7 +248,7 @@ def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path
                             and predictor.device == "cuda"):
         refine_device = "cuda"
 
-    from .solve import locate_in_spacegroup, solve, solve_chargeflip
+    from .solve import locate_in_spacegroup, place_in_cell, solve, solve_chargeflip
 
     if method == "chargeflip":
         sol = solve_chargeflip(refl, seed=seed)
@@ -256,6 +256,7 @@ def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path
         sol = solve(refl, shape, method, predictor=predictor, cycles=cycles, starts=starts,
                     seed=seed, device=refine_device)
         sol = locate_in_spacegroup(refl, sol)
+    sol = place_in_cell(refl, sol)
     warnings += sol.warnings
     for w in warnings:
         log.warning("warning: %s", w)

@@ -245,6 +245,58 @@ def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
     return Solution(f=f, fom=res.fom, density=rho, shape=shape, method=method, stages=stages)
 
 
+def _middle_of_widest_gap(profile: np.ndarray) -> int:
+    """Index in the middle of the longest circular run of near-minimal values of ``profile``."""
+    n = len(profile)
+    low = profile <= profile.min() + 0.02 * (profile.max() - profile.min())
+    if low.all():
+        return 0
+    start = int(np.argmin(low))  # a high plane: runs do not wrap past it
+    best, best_mid, run = 0, 0, 0
+    for i in range(1, n + 1):
+        j = (start + i) % n
+        run = run + 1 if low[j] else 0
+        if run > best:
+            best, best_mid = run, (j - (run - 1) // 2) % n
+    return best_mid
+
+
+def place_in_cell(refl: Reflections, sol: Solution) -> Solution:
+    """Choose the free origin of a P1 solution so that the structure sits whole in the cell.
+
+    Nothing fixes the origin of a solution in P1 (P1 data, or data whose solution failed the
+    symmetry check and is written P1-expanded), and refinement from random phases leaves the
+    molecule anywhere, often cut by the cell faces. A viewer that shows the map as one box
+    (Coot takes a P1 map with 90 degree angles for an EM map; ChimeraX, PyMOL) then shows it
+    in pieces. Along each cell axis the plane of least density (the positive density summed
+    over the plane, smoothed over three grid planes; the middle of the widest run of planes
+    within 2 % of the range above the least, so that an isolated molecule ends up centred) is
+    moved onto the cell face: a whole grid step, so the map is rolled exactly and
+    ``F(h) -> F(h) exp(2 pi i h.t)``. Solutions whose origin the space group fixes
+    (``symmetric``) are returned as they are.
+    """
+    if sol.symmetric:
+        return sol
+    rho = np.asarray(sol.density)
+    shape = rho.shape
+    pos = np.clip(rho, 0.0, None)
+    steps = []
+    for axis in range(3):
+        profile = pos.sum(axis=tuple(a for a in range(3) if a != axis))
+        smooth = profile + np.roll(profile, 1) + np.roll(profile, -1)
+        steps.append(-_middle_of_widest_gap(smooth) % shape[axis])
+    t = np.array(steps, dtype=np.float64) / np.array(shape)
+    f = sol.f * np.exp(2j * np.pi * (refl.hkl @ t))
+    density = np.roll(rho, steps, axis=(0, 1, 2))
+    stages = dict(sol.stages)
+    stages["origin"] = {"shift": [round(float(x), 4) for x in t],
+                        "basis": "P1: the origin is free; the planes of least density are put "
+                                 "on the cell faces (the structure whole in the cell)"}
+    return Solution(f=f, fom=sol.fom, density=density, shape=sol.shape, method=sol.method,
+                    stages=stages, symmetric=False, confident=sol.confident,
+                    warnings=sol.warnings, peaks=None)  # peaks come from the moved map
+
+
 def solve_chargeflip(refl: Reflections, seed: int = 0) -> Solution:
     """Charge flipping + origin location + peak recycling (atomic resolution only)."""
     from .abinitio import peak_model_f, solve_atomic

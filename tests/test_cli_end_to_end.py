@@ -49,6 +49,7 @@ def test_solves_simulated_alaala(tmp_path, alaala_mtz, method, limit):
         assert 0.3 < summary["stages"]["network"]["centrosymmetry"] < 0.85
     m = _phase_error(truth, tmp_path / "solved.mtz")
     assert m.weighted_error < limit, m.to_dict()
+    assert summary["stages"]["origin"]["shift"]  # P1: the dipeptide placed whole in the cell
     if method == "hybrid":  # alaala-10A knows L-alanine: the map comes out in the true hand
         assert summary["hand"]["basis"] == "network" and not m.inverted, summary["hand"]
     else:
@@ -129,6 +130,7 @@ def test_p21_solution_located_and_written_in_p21(tmp_path):
                  "-q"]) == 0
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["spacegroup_out"] == "P 1 21 1" and summary["confident"] is True
+    assert "origin" not in summary["stages"]  # the space group fixes it
     assert summary["stages"]["symmetry_check"]["mean_agreement"] > 0.9
     assert gemmi.read_ccp4_map(str(out)).grid.spacegroup.hm == "P 1 21 1"
     cell, sg, hkl_r, f_r = read_map_coefficients(truth)
