@@ -12,6 +12,11 @@ Regimes (PHASING_NOTES.md and the benchmark issue):
   hard     tripeptides, random orientation, orthorhombic P1 cell = extent + 2.5 A, 2.5 A data
   hard-noise  the same with 10 % amplitude noise
 
+The hand: "true hand (of < 30)" is the share of the maps solved to < 30 deg whose best
+alignment needed no inversion (0.5 for a method that cannot know the hand); "hand from the
+network" counts the maps where the command names the network's hand (``stages["hand"]``) and
+how often that is the true one.
+
 Fragments come from the test split of shards made by `pattersolve-train prepare` (made here,
 limited to a few test entries, when missing). A regime without a matching shipped model is
 scored without the network rows (reported as "no model"), never with an out-of-domain one.
