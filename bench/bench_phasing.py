@@ -125,7 +125,8 @@ def cell_grid(refl: Reflections) -> tuple[int, int, int]:
 
 
 def run_regime(regime: Regime, n: int, seed: int, starts: int, cycles: int,
-               split: str = "test", guided: bool | None = None) -> dict:
+               split: str = "test", guided: bool | None = None,
+               average_rotations: bool = False) -> dict:
     from pattersolve.runtime import Predictor, list_models
 
     models = {m.name: m for m in list_models()}
@@ -145,13 +146,15 @@ def run_regime(regime: Regime, n: int, seed: int, starts: int, cycles: int,
                 m = random_phase_floor(refl.hkl, f_true, refl.cell, rng=np.random.default_rng(k))
             else:
                 sol = solve(refl, shape, method, predictor=predictor, cycles=cycles,
-                            starts=starts, seed=k, guided=guided)
+                            starts=starts, seed=k, guided=guided,
+                            average_rotations=average_rotations)
                 m = match_phases(refl.hkl, f_true, sol.f, refl.cell)
             row = {"weighted": m.weighted_error, "unweighted": m.unweighted_error,
                    "cc": m.map_cc, "seconds": time.perf_counter() - t0,
                    "inverted": bool(m.inverted), "source": frag.source}
             if method in ("network", "hybrid"):
                 row["centrosymmetry"] = sol.stages["network"]["centrosymmetry"]
+                row["rotations"] = sol.stages["network"]["rotations_averaged"]
             if method != "random":
                 row["hand_basis"] = sol.stages["hand"]["basis"]
             rows[method].append(row)
@@ -264,6 +267,9 @@ def main() -> None:
     ap.add_argument("--guided", default="auto", choices=["auto", "on", "off"],
                     help="hybrid's guided first start: by the cell's packing (shipped), "
                     "always, or never (the hand-over before it)")
+    ap.add_argument("--average-rotations", action="store_true",
+                    help="the network's prediction averaged over the rotations of the cell "
+                    "onto itself (pattersolve.rotations)")
     ap.add_argument("--json", dest="json_out")
     ap.add_argument("--plot")
     args = ap.parse_args()
@@ -273,11 +279,12 @@ def main() -> None:
         t0 = time.perf_counter()
         guided = {"auto": None, "on": True, "off": False}[args.guided]
         results.append(run_regime(REGIMES[name], args.n, args.seed, args.starts, args.cycles,
-                                  args.split, guided))
+                                  args.split, guided, args.average_rotations))
         print(f"# {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     report(f"{args.n} {args.split}-split maps per regime, {args.starts} starts x {args.cycles} "
-           f"cycles, seed {args.seed}, guided start {args.guided}", table(results), results,
-           args.json_out, args.plot, plot)
+           f"cycles, seed {args.seed}, guided start {args.guided}"
+           + (", network averaged over rotations" if args.average_rotations else ""),
+           table(results), results, args.json_out, args.plot, plot)
 
 
 if __name__ == "__main__":

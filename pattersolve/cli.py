@@ -110,6 +110,9 @@ def _print_models() -> None:
               show_default=True, help="Refinement starts (best kept by amplitude residual).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 256), help="CPU threads for the network.")
+@click.option("--average-rotations/--single-prediction", default=False, show_default=True,
+              help="Average the network's predictions over the rotations of the cell onto "
+                   "itself (24 Pattersons in a cubic cell; BENCHMARKS.md, rotation average).")
 @click.option("--d-min", type=click.FloatRange(min=0, min_open=True),
               help="High-resolution cut (A).")
 @click.option("--d-max", type=click.FloatRange(min=0, min_open=True),
@@ -134,7 +137,8 @@ def pattersolve_command(input_file: Path | None, map_out: Path | None, mtz_out: 
                         peaks_out: Path | None,
                         model: str | None, list_models: bool, backend: str, device: str,
                         cycles: int, starts: int, seed: int, threads: int | None,
-                        d_min: float | None, d_max: float | None, i_label: str | None,
+                        average_rotations: bool, d_min: float | None, d_max: float | None,
+                        i_label: str | None,
                         sigi_label: str | None, f_label: str | None, sigf_label: str | None,
                         free_label: str | None, french_wilson: bool, cell_text: str | None,
                         spacegroup: str | None, overwrite: bool, quiet: bool, verbose: bool
@@ -157,7 +161,7 @@ def pattersolve_command(input_file: Path | None, map_out: Path | None, mtz_out: 
         patterson_out=patterson_map, peaks_out=peaks_out, method=method, model=model,
         backend=backend,
         device=device, cycles=cycles, starts=starts, seed=seed, threads=threads,
-        d_min=d_min, d_max=d_max,
+        average_rotations=average_rotations, d_min=d_min, d_max=d_max,
         labels={"i_label": i_label, "sigi_label": sigi_label, "f_label": f_label,
                 "sigf_label": sigf_label, "free_label": free_label},
         cell=_floats(cell_text, 6, "--cell"), spacegroup=spacegroup, overwrite=overwrite,
@@ -170,7 +174,7 @@ def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path
         device: str, cycles: int, starts: int, seed: int, threads: int | None,
         d_min: float | None, d_max: float | None, labels: dict[str, str | None],
         cell: tuple[float, ...] | None, spacegroup: str | None, overwrite: bool,
-        french_wilson: bool = True) -> dict[str, Any]:
+        french_wilson: bool = True, average_rotations: bool = False) -> dict[str, Any]:
     """The whole job; returns the JSON summary."""
     import numpy as np
 
@@ -196,9 +200,11 @@ def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path
 
     log.info("%s %s", PROGRAM, __version__)
     log.info("parameters: method=%s model=%s backend=%s device=%s cycles=%d starts=%d seed=%d "
-             "d_min=%s d_max=%s labels=%s cell=%s spacegroup=%s french_wilson=%s", method,
+             "d_min=%s d_max=%s labels=%s cell=%s spacegroup=%s french_wilson=%s "
+             "average_rotations=%s", method,
              model or "default", backend, device, cycles, starts, seed, d_min, d_max,
-             {k: v for k, v in labels.items() if v} or "auto", cell, spacegroup, french_wilson)
+             {k: v for k, v in labels.items() if v} or "auto", cell, spacegroup, french_wilson,
+             average_rotations)
     refl = read_reflections(input_file, d_min=d_min, d_max=d_max, cell=cell,
                             spacegroup=spacegroup, french_wilson=french_wilson, **labels)
     s = refl.summary
@@ -254,7 +260,7 @@ def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path
         sol = solve_chargeflip(refl, seed=seed)
     else:
         sol = solve(refl, shape, method, predictor=predictor, cycles=cycles, starts=starts,
-                    seed=seed, device=refine_device)
+                    seed=seed, device=refine_device, average_rotations=average_rotations)
         sol = locate_in_spacegroup(refl, sol)
     sol = place_in_cell(refl, sol)
     warnings += sol.warnings

@@ -65,6 +65,8 @@ class Prediction:
     seconds: float
     model: str
     backend: str
+    rotations: int = 1  # Pattersons predicted and averaged (pattersolve.rotations)
+    rotation_agreement: float = 1.0  # mean CC of the single predictions with the average
 
 
 @dataclass
@@ -152,12 +154,14 @@ def model_grid(refl: Reflections, spacing: float) -> tuple[int, int, int]:
     return grid_shape_for_spacing(refl.cell, spacing, multiple=2)
 
 
-def predict(refl: Reflections, predictor: Any) -> Prediction:
+def predict(refl: Reflections, predictor: Any, average_rotations: bool = False) -> Prediction:
     """Run the network on the data's Patterson, on the model's grid.
 
     Only reflections within the model's training resolution enter the Patterson (the
     network never saw finer data); the prediction's structure factors are returned for every
-    reflection the model grid can hold.
+    reflection the model grid can hold. With ``average_rotations`` the Patterson is also
+    turned by every rotation of the cell onto itself and the turned-back predictions are
+    averaged (:func:`pattersolve.rotations.rotation_averaged`).
     """
     t0 = time.perf_counter()
     info = predictor.model
@@ -167,21 +171,31 @@ def predict(refl: Reflections, predictor: Any) -> Prediction:
     use = fits & (refl.d >= info.d_min - settings.D_MIN_EPS)
     pat = patterson_map(refl.hkl[use], refl.intensity[use], shape, refl.cell.volume)
     x = scale_to_unit_range(pat.astype(np.float32))
-    y = predictor.predict(x)
+    n_rot, agreement = 1, 1.0
+    if average_rotations:
+        from .rotations import grid_rotations, rotation_averaged
+
+        avg = rotation_averaged(x, grid_rotations(refl.cell, shape), predictor.predict)
+        y, n_rot, agreement = avg.density, avg.n_rotations, avg.agreement
+    else:
+        y = predictor.predict(x)
     f = np.zeros(len(refl.hkl), dtype=np.complex128)
     f[fits] = structure_factors_from_map(y.astype(np.float64), refl.hkl[fits], refl.cell.volume)
     return Prediction(density=y, shape=shape, f=f, covered=fits,
                       seconds=time.perf_counter() - t0, model=info.name,
-                      backend=predictor.description)
+                      backend=predictor.description, rotations=n_rot,
+                      rotation_agreement=agreement)
 
 
 def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
           predictor: Any | None = None, cycles: int = settings.DEFAULT_CYCLES,
           starts: int = settings.DEFAULT_STARTS, seed: int = 0,
-          device: str = "numpy", guided: bool | None = None) -> Solution:
+          device: str = "numpy", guided: bool | None = None,
+          average_rotations: bool = False) -> Solution:
     """Phase the data with the chosen method; ``shape`` is the cell grid of the output map.
 
-    ``guided`` goes to :func:`pattersolve.refine.refine_phases` (None: by the cell's packing).
+    ``guided`` goes to :func:`pattersolve.refine.refine_phases` (None: by the cell's packing);
+    ``average_rotations`` to :func:`predict`.
     """
     stages: dict[str, Any] = {}
     rng = np.random.default_rng(seed)
@@ -190,18 +204,23 @@ def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
     if method in ("network", "hybrid"):
         if predictor is None:
             raise ValueError(f"method {method} needs a predictor")
-        pred = predict(refl, predictor)
+        pred = predict(refl, predictor, average_rotations=average_rotations)
         r_net = amplitude_residual(refl.amplitude[pred.covered], pred.f[pred.covered])
         stages["network"] = {
             "model": pred.model, "backend": pred.backend, "grid": list(pred.shape),
             "reflections_predicted": int(pred.covered.sum()),
             "amplitude_residual": round(r_net, 4), "seconds": round(pred.seconds, 3),
+            "rotations_averaged": pred.rotations,
+            "rotation_agreement": round(pred.rotation_agreement, 3),
             # ~1: the prediction averages both hands (phases near 0/180 deg, a poor start)
             "centrosymmetry": round(centrosymmetry(pred.density), 3),
         }
         log.info("network %s: R(amplitude) %.3f on %d reflections, centrosymmetry %.2f, "
                  "%.2f s", pred.backend, r_net, int(pred.covered.sum()),
                  stages["network"]["centrosymmetry"], pred.seconds)
+        if pred.rotations > 1:
+            log.info("network: averaged over %d rotations of the cell (agreement %.3f)",
+                     pred.rotations, pred.rotation_agreement)
         phase = np.exp(1j * np.angle(pred.f))
         learned = bool(getattr(getattr(predictor, "model", None), "learned_hand", False))
         if method == "network":

@@ -82,6 +82,23 @@ def test_network_alone_beats_random_phases(tmp_path, alaala_mtz):
     assert m.weighted_error < 60.0, m.to_dict()  # random phases: ~78 deg here
 
 
+def test_network_averaged_over_rotations(tmp_path, alaala_mtz):
+    """--average-rotations: 24 Pattersons of the 10 A cube, reported in the JSON; the averaged
+    prediction is better than the single one on this map (6.3 -> 4.4 deg weighted); a
+    rotation turned back wrongly would smear it far beyond that."""
+    data, truth = alaala_mtz
+    errors = {}
+    for flag in ("--single-prediction", "--average-rotations"):
+        js = tmp_path / f"{flag}.json"
+        assert _run([data, "-o", tmp_path / f"{flag}.map", "--method", "network", flag,
+                     "--json", js, "-q"]) == 0
+        net = json.loads(js.read_text())["stages"]["network"]
+        assert net["rotations_averaged"] == (24 if flag == "--average-rotations" else 1)
+        assert 0 < net["rotation_agreement"] <= 1
+        errors[flag] = _phase_error(truth, tmp_path / f"{flag}.mtz").weighted_error
+    assert errors["--average-rotations"] < errors["--single-prediction"], errors
+
+
 def test_list_models(capsys):
     assert _run(["--list-models"]) == 0
     assert "alaala-10A" in capsys.readouterr().out

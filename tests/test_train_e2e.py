@@ -42,6 +42,13 @@ def test_prepare_fit_evaluate_export(tmp_path: Path, train_synthetic_source: Pat
     assert 0 < ev["median_true_centrosymmetry"] < 0.9 and 0 < ev["median_centrosymmetry"] <= 1
     assert len(ev["bins"]) >= 3 and (run / "evaluation" / "cc_histogram.png").stat().st_size
     assert (run / "evaluation" / "phase_error_by_resolution.png").is_file()
+    # the prediction averaged over the 24 rotations of the 10 A cube, in a folder of its own
+    assert main(["evaluate", "--run", str(run), "--n", "6", "--average-rotations",
+                 "--no-plots"]) == 0
+    ev_rot = json.loads((run / "evaluation-rotations" / "evaluation.json").read_text())
+    assert ev_rot["average_rotations"] and not ev["average_rotations"]
+    assert ev_rot["median_rotations"] == 24 and ev["median_rotations"] == 1
+    assert ev_rot["n"] == 6 and ev_rot["median_cc"] != ev["median_cc"]
 
     models = tmp_path / "models"
     assert main(["export", "--run", str(run), "--name", "tiny-test",
@@ -81,6 +88,8 @@ def test_prepare_fit_evaluate_export(tmp_path: Path, train_synthetic_source: Pat
         want = net(torch.from_numpy(x)).numpy()
     assert got.shape == x.shape and np.abs(got - want).max() < 1e-4
     assert "Evaluation" in (out / "README.md").read_text()
+    assert card["evaluation_rotations"]["median_cc"] == ev_rot["median_cc"]
+    assert "Averaged over rotations" in (out / "README.md").read_text()
     # the ONNX file stores its weights in the safetensors file's precision
     import onnx
 

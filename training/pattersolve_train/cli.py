@@ -160,14 +160,19 @@ def fit(config_path: Path | None, out: Path | None, resume: bool, max_steps: int
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output directory [default: <run or model>/evaluation].")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@click.option("--average-rotations", is_flag=True,
+              help="Score the prediction averaged over the rotations of the cell onto itself "
+                   "(24 in a cubic cell; what `pattersolve --average-rotations` runs).")
 def evaluate(run_dir: Path | None, model_dir: Path | None, shards: Path | None,
-             n_examples: int, out: Path | None, no_plots: bool) -> None:
+             n_examples: int, out: Path | None, no_plots: bool,
+             average_rotations: bool) -> None:
     """Median CC and phase error (origin/hand search) on the test split, with random floors.
 
     \b
     Examples:
       pattersolve-train evaluate --run runs/cpu_1b
       pattersolve-train evaluate --model models/alaala-10A --shards data/shards/alaala --n 200
+      pattersolve-train evaluate --model models/all-12A --average-rotations --out /tmp/ev
     """
     _cpu_env()
     from .evaluate import evaluate as run_evaluate
@@ -176,7 +181,8 @@ def evaluate(run_dir: Path | None, model_dir: Path | None, shards: Path | None,
         raise PattersolveError("give exactly one of --run and --model", "e.g. --run runs/x",
                                ExitCode.USAGE)
     summary = run_evaluate(run_dir=run_dir, model_dir=model_dir, shards=shards,
-                           n_examples=n_examples, out=out, plots=not no_plots)
+                           n_examples=n_examples, out=out, plots=not no_plots,
+                           average_rotations=average_rotations)
     click.echo(summary.one_line())
 
 

@@ -99,7 +99,7 @@ def _aggregate_bins(per_example: list[list[dict]]) -> list[dict[str, float]]:
 def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
              shards: Path | None = None, n_examples: int = 500, out: Path | None = None,
              plots: bool = True, seed: int = 12345, batch_size: int = 16,
-             floor_trials: int = 1) -> EvalSummary:
+             floor_trials: int = 1, average_rotations: bool = False) -> EvalSummary:
     """Evaluate a run's checkpoint or an exported model on the test split.
 
     Parameters
@@ -112,18 +112,24 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
     n_examples
         Number of test examples (the first ones of the split, placed deterministically).
     out
-        Output directory (default ``<run or model>/evaluation``): ``evaluation.json``,
+        Output directory (default ``<run or model>/evaluation``, or
+        ``.../evaluation-rotations`` with ``average_rotations``): ``evaluation.json``,
         ``examples.jsonl`` and, with ``plots``, ``cc_histogram.png`` and
         ``phase_error_by_resolution.png``.
     seed
         Seed of the random-phase floor.
     floor_trials
         Random-phase trials per example (the floor is the median over examples).
+    average_rotations
+        Score the prediction averaged over the rotations of each cell onto itself
+        (:func:`pattersolve.rotations.rotation_averaged`: 24 Pattersons per map in a cubic
+        cell) instead of the single prediction; the network alone either way.
     """
     import torch
 
     from pattersolve.phasematch import match_phases, random_phase_floor
     from pattersolve.phases import centrosymmetry
+    from pattersolve.rotations import grid_rotations, rotation_averaged
     from pattersolve.simulate import structure_factors_from_map
 
     from .data import DataConfig, FragmentMaps
@@ -167,10 +173,14 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
     rng = np.random.default_rng(seed)
     rows: list[dict[str, Any]] = []
     bins, floor_bins = [], []
+    n_rotations: list[int] = []
     for start in range(0, len(ds), batch_size):
         idx = list(range(start, min(len(ds), start + batch_size)))
         for g in ds.batch(idx, epoch=0):
             pred = predict(model, g.patterson, device)
+            if average_rotations:
+                pred = _rotation_averaged_batch(model, g, device, grid_rotations,
+                                                rotation_averaged, n_rotations)
             _, cc = loss_terms(pred, g.density, 0.0)
             _, twin_cc = loss_terms(pred, g.density, 0.0, twin=True)
             volume = float(g.cell.volume)
@@ -227,13 +237,16 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
                                               if r["phase_error_weighted"] < 60]))
                                if any(r["phase_error_weighted"] < 60 for r in rows)
                                else None),
+        "average_rotations": bool(average_rotations),
+        "median_rotations": float(np.median(n_rotations)) if n_rotations else 1.0,
         "random_floor": {"median_phase_error_weighted": med("floor_weighted"),
                          "median_phase_error_unweighted": med("floor_unweighted"),
                          "median_map_cc": med("floor_map_cc"), "trials": floor_trials},
         "bins": model_bins,
         "paper": PAPER.get(cell_key) if cell_key else None,
     }
-    out_dir = Path(out) if out is not None else base / "evaluation"
+    out_dir = (Path(out) if out is not None
+               else base / ("evaluation-rotations" if average_rotations else "evaluation"))
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "evaluation.json.tmp"
     tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -242,6 +255,29 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
     if plots:
         write_plots(data, [r["cc"] for r in rows], out_dir)
     return EvalSummary(data=data, out=out_dir)
+
+
+def _rotation_averaged_batch(model: Any, g: Any, device: Any, grid_rotations: Any,
+                             rotation_averaged: Any, counts: list[int]) -> Any:
+    """One group's predictions, each averaged over its cell's rotations (appends the number
+    of rotations used per example to ``counts``)."""
+    import torch
+
+    from .train import predict
+
+    def run(x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(x[:, None], dtype=np.float32))
+        with torch.no_grad():
+            return predict(model, t, device)[:, 0].cpu().numpy()
+
+    pats = g.patterson[:, 0].cpu().numpy()
+    rots = grid_rotations(g.cell, pats.shape[1:])
+    out = []
+    for p in pats:
+        avg = rotation_averaged(p, rots, run)
+        counts.append(avg.n_rotations)
+        out.append(avg.density)
+    return torch.from_numpy(np.stack(out)[:, None])
 
 
 def write_plots(data: dict[str, Any], ccs: list[float], out_dir: Path) -> None:

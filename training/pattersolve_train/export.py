@@ -183,6 +183,35 @@ def _model_card(name: str, meta: dict[str, str], cfg: TrainConfig, ckpt: dict[st
     return "\n".join(lines)
 
 
+def rotation_section(name: str, single: dict[str, Any], averaged: dict[str, Any]) -> str:
+    """The model card's section on the prediction averaged over rotations of the cell
+    (``evaluate --average-rotations``), beside the single prediction's numbers."""
+
+    def row(label: str, key: str, f: str = ".3f") -> str:
+        a, b = single.get(key), averaged.get(key)
+        fa = format(a, f) if isinstance(a, (int, float)) else "n/a"
+        fb = format(b, f) if isinstance(b, (int, float)) else "n/a"
+        return f"| {label} | {fa} | {fb} |"
+
+    return "\n".join([
+        "## Averaged over rotations (`pattersolve --average-rotations`)", "",
+        "The Patterson turned by each rotation of the cell onto itself (median "
+        f"{averaged.get('median_rotations', 'n/a'):g} per map here), each prediction turned "
+        "back, all put into one hand and averaged (`pattersolve.rotations`); network alone, "
+        f"the same {averaged.get('n', 'n/a')} test maps (`pattersolve-train evaluate --model "
+        f"models/{name} --average-rotations`). Not the default: BENCHMARKS.md, rotation "
+        "average, has what it does to network + refinement.", "",
+        "| | single prediction | averaged over rotations |", "|---|---|---|",
+        row("median CC (density)", "median_cc"),
+        row("median CC with the better-fitting hand", "median_twin_cc"),
+        row("true hand (of the examples < 60 deg)", "fraction_true_hand", ".2f"),
+        row("median centrosymmetry of the map", "median_centrosymmetry"),
+        row("median phase error, weighted (deg)", "median_phase_error_weighted", ".1f"),
+        row("median phase error, unweighted (deg)", "median_phase_error_unweighted", ".1f"),
+        "",
+    ])
+
+
 def fp16_initializers(proto: Any) -> int:
     """Store the float32 initializers that are fp16 values as fp16, each behind a Cast.
 
@@ -257,6 +286,10 @@ def export_model(run_dir: str | os.PathLike[str], name: str,
     ev_path = run_dir / "evaluation" / "evaluation.json"
     if ev_path.is_file():
         evaluation = json.loads(ev_path.read_text())
+    rotations: dict[str, Any] = {}
+    rot_path = run_dir / "evaluation-rotations" / "evaluation.json"
+    if rot_path.is_file():
+        rotations = json.loads(rot_path.read_text())
     last_val = {}
     metrics_path = run_dir / "metrics.jsonl"
     if metrics_path.is_file():
@@ -330,6 +363,7 @@ def export_model(run_dir: str | os.PathLike[str], name: str,
         weights_dtype = "fp16" if use_fp16 else "fp32"
         ckpt = dict(ckpt, n_parameters=count_parameters(model))
         card = {"name": name, "metadata": meta, "sha256": sums, "evaluation": evaluation,
+                **({"evaluation_rotations": rotations} if rotations else {}),
                 "training": cfg.to_dict(),
                 "export": {"weights_dtype": weights_dtype, "fp16_rel_rms": fp16_diff,
                            "onnx_max_diff": onnx_diff, "step": ckpt.get("step")}}
@@ -339,6 +373,7 @@ def export_model(run_dir: str | os.PathLike[str], name: str,
             shutil.copyfile(png, work / png.name)
         (work / "README.md").write_text(
             _model_card(name, meta, cfg, ckpt, evaluation, sums, weights_dtype)
+            + (rotation_section(name, evaluation, rotations) if rotations else "")
             + "".join(f"\n![{png.stem}]({png.name})\n" for png in plots))
         if target.exists():
             shutil.rmtree(target)
