@@ -155,6 +155,7 @@ def run_regime(regime: Regime, n: int, seed: int, starts: int, cycles: int,
             if method in ("network", "hybrid"):
                 row["centrosymmetry"] = sol.stages["network"]["centrosymmetry"]
                 row["rotations"] = sol.stages["network"]["rotations_averaged"]
+                row["rotation_agreement"] = sol.stages["network"]["rotation_agreement"]
             if method != "random":
                 row["hand_basis"] = sol.stages["hand"]["basis"]
             rows[method].append(row)
@@ -206,6 +207,31 @@ def table(results: list[dict]) -> str:
                          f"{'-' if np.isnan(hand) else f'{hand:.2f}'} | {claim} | "
                          f"{s['seconds']:.2f} |")
     return "\n".join(lines)
+
+
+def agreement_table(results: list[dict]) -> str:
+    """With ``--average-rotations``: maps by quarter of the rotation agreement (the mean CC of
+    the single predictions with their average), and how the methods did on each quarter."""
+    lines = ["| regime | rotation agreement | maps | network: median err w | hybrid < 15 | "
+             "hybrid < 30 | classical < 15 |", "|---|---|---|---|---|---|---|"]
+    for res in results:
+        maps = res["maps"]
+        if "hybrid" not in maps or "rotation_agreement" not in maps["hybrid"][0]:
+            continue
+        a = np.array([r["rotation_agreement"] for r in maps["hybrid"]])
+        hyb = np.array([r["weighted"] for r in maps["hybrid"]])
+        net = np.array([r["weighted"] for r in maps["network"]])
+        cla = np.array([r["weighted"] for r in maps["classical"]])
+        edges = np.quantile(a, [0.0, 0.25, 0.5, 0.75, 1.0])
+        quarter = np.clip(np.searchsorted(edges, a, side="right") - 1, 0, 3)
+        for q in range(4):
+            m = quarter == q
+            if not m.any():
+                continue
+            lines.append(f"| {res['regime']['name']} | {edges[q]:.3f}-{edges[q + 1]:.3f} | "
+                         f"{int(m.sum())} | {np.median(net[m]):.1f} | {np.mean(hyb[m] < 15):.2f} "
+                         f"| {np.mean(hyb[m] < 30):.2f} | {np.mean(cla[m] < 15):.2f} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def plot(results: list[dict], path: str) -> None:
@@ -284,7 +310,8 @@ def main() -> None:
     report(f"{args.n} {args.split}-split maps per regime, {args.starts} starts x {args.cycles} "
            f"cycles, seed {args.seed}, guided start {args.guided}"
            + (", network averaged over rotations" if args.average_rotations else ""),
-           table(results), results, args.json_out, args.plot, plot)
+           table(results) + ("\n\n" + agreement_table(results) if args.average_rotations
+                             else ""), results, args.json_out, args.plot, plot)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,8 @@ def _print_models() -> None:
 @click.option("--threads", type=click.IntRange(1, 256), help="CPU threads for the network.")
 @click.option("--average-rotations/--single-prediction", default=False, show_default=True,
               help="Average the network's predictions over the rotations of the cell onto "
-                   "itself (24 Pattersons in a cubic cell; BENCHMARKS.md, rotation average).")
+                   "itself (24 Pattersons in a cubic cell): a better network-alone map, ~20x "
+                   "the network time (BENCHMARKS.md, averaged over rotations).")
 @click.option("--d-min", type=click.FloatRange(min=0, min_open=True),
               help="High-resolution cut (A).")
 @click.option("--d-max", type=click.FloatRange(min=0, min_open=True),

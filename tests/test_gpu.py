@@ -108,14 +108,16 @@ def test_training_steps_on_cuda_bf16_and_resume(tmp_path: Path, train_shards: Pa
     assert all(torch.isfinite(v).all() for k, v in tensors.items() if v.is_floating_point())
 
 
-def test_command_on_cuda_solves_the_example(tmp_path: Path):
+@pytest.mark.parametrize("flag", ["--single-prediction", "--average-rotations"])
+def test_command_on_cuda_solves_the_example(tmp_path: Path, flag: str):
     out = tmp_path / "out.map"
     proc = subprocess.run([sys.executable, "-m", "pattersolve.cli", str(EXAMPLE), "-o", str(out),
-                           "--backend", "torch", "--device", "cuda", "--json",
+                           "--backend", "torch", "--device", "cuda", flag, "--json",
                            str(tmp_path / "s.json")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     stages = json.loads((tmp_path / "s.json").read_text())["stages"]
     assert stages["network"]["backend"].endswith("(cuda)")
+    assert stages["network"]["rotations_averaged"] == (24 if flag == "--average-rotations" else 1)
     assert stages["refinement"]["device"] == "cuda"
     check = subprocess.run([sys.executable, "-m", "pattersolve.cli_phasematch",
                             str(EXAMPLE.with_name("alaala_1akz_truth.mtz")),
