@@ -154,6 +154,7 @@ def run_regime(regime: Regime, n: int, seed: int, starts: int, cycles: int,
                    "inverted": bool(m.inverted), "source": frag.source}
             if method in ("network", "hybrid"):
                 row["centrosymmetry"] = sol.stages["network"]["centrosymmetry"]
+                row["amplitude_residual"] = sol.stages["network"]["amplitude_residual"]
                 row["rotations"] = sol.stages["network"]["rotations_averaged"]
                 row["rotation_agreement"] = sol.stages["network"]["rotation_agreement"]
             if method != "random":

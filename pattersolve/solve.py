@@ -100,7 +100,8 @@ def _hand(refl: Reflections, basis: str, note: str, **extra: Any) -> dict[str, A
 
 
 def _network_hand(refl: Reflections, f: np.ndarray, pred: Prediction, learned: bool,
-                  centrosym: float, refined: bool) -> tuple[np.ndarray, dict[str, Any]]:
+                  centrosym: float, refined: bool, residual: float | None = None
+                  ) -> tuple[np.ndarray, dict[str, Any]]:
     """Give a solution the hand of the network's prediction, where the network knows it.
 
     A network trained with a plain loss on L-amino-acid fragments predicts the true
@@ -113,8 +114,11 @@ def _network_hand(refl: Reflections, f: np.ndarray, pred: Prediction, learned: b
     other hand fits the prediction better the solution is inverted (``F -> F*``, the map
     ``rho(x) -> rho(-x)``), which changes nothing in its fit to the data. Beyond
     :data:`~pattersolve.settings.HAND_MAX_PHASE_DIFFERENCE` the prediction was too poor and
-    the hand stays arbitrary. Without refinement (``--method network``) nothing checks the
-    prediction: its hand is reported as the prediction's, unverified.
+    the hand stays arbitrary. Without refinement (``--method network``) only the prediction's
+    fit to the measured amplitudes checks it: with an amplitude residual ``residual`` above
+    :data:`~pattersolve.settings.HAND_MAX_NETWORK_RESIDUAL` the prediction is too far from the
+    data for its hand to mean anything; below it the hand is reported as the prediction's,
+    unverified.
     """
     extra: dict[str, Any] = {"prediction_centrosymmetry": round(centrosym, 3)}
     if not learned:
@@ -125,6 +129,12 @@ def _network_hand(refl: Reflections, f: np.ndarray, pred: Prediction, learned: b
                         f"(centrosymmetry {centrosym:.2f} > "
                         f"{settings.HAND_MAX_CENTROSYMMETRY}); {_ARBITRARY}", **extra)
     if not refined:
+        if residual is not None:
+            extra["prediction_amplitude_residual"] = round(residual, 3)
+            if residual > settings.HAND_MAX_NETWORK_RESIDUAL:
+                return f, _hand(refl, "arbitrary", f"the prediction fits the amplitudes too "
+                                f"poorly for its hand to mean anything (R {residual:.2f} > "
+                                f"{settings.HAND_MAX_NETWORK_RESIDUAL}); {_ARBITRARY}", **extra)
         return f, _hand(refl, "prediction", f"the prediction's hand, unverified (no "
                         f"refinement): model {pred.model} {_LEARNED}", **extra)
     from .phasematch import match_phases
@@ -229,7 +239,8 @@ def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
                            sigmaa_fom(refl.hkl, refl.amplitude, pred.f, refl.cell), 0.0)
             f = np.where(pred.covered, f, 0)
             _, stages["hand"] = _network_hand(refl, f, pred, learned,
-                                              stages["network"]["centrosymmetry"], refined=False)
+                                              stages["network"]["centrosymmetry"], refined=False,
+                                              residual=r_net)
             rho = density_map(refl.hkl, fom * f, shape, vol)
             return Solution(f=f, fom=fom, density=rho, shape=shape, method=method,
                             stages=stages)

@@ -62,6 +62,14 @@ def test_hand_stays_arbitrary_when_the_network_cannot_tell(case):
     # the network alone: its hand, unverified
     f, hand = _network_hand(refl, f_true, pred, learned=True, centrosym=0.5, refined=False)
     assert hand["basis"] == "prediction" and "unverified" in hand["note"]
+    # ... unless the prediction does not fit the amplitudes (the network near the floor, as on
+    # noisy or low-resolution-less data): then its hand means nothing
+    f, hand = _network_hand(refl, f_true, pred, learned=True, centrosym=0.5, refined=False,
+                            residual=0.35)
+    assert hand["basis"] == "prediction" and hand["prediction_amplitude_residual"] == 0.35
+    f, hand = _network_hand(refl, f_true, pred, learned=True, centrosym=0.5, refined=False,
+                            residual=0.72)
+    assert hand["basis"] == "arbitrary" and "R 0.72 > 0.6" in hand["note"]
 
 
 def test_centrosymmetric_space_group_has_no_hand(case):
