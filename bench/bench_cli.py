@@ -25,10 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "share" / "examples" / "alaala_1akz.mtz"
 
 
-def run_once(backend: str, method: str, threads: int) -> float:
+def run_once(backend: str, method: str, threads: int, extra: tuple[str, ...] = ()) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pattersolve.cli", str(EXAMPLE), "-o", f"{tmp}/o.map",
-               "--backend", backend, "--method", method, "--threads", str(threads), "-q"]
+               "--backend", backend, "--method", method, "--threads", str(threads), "-q",
+               *extra]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
         return time.perf_counter() - t0
@@ -48,12 +49,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     rows = []
-    for method in ("network", "hybrid", "classical"):
-        for backend in (("onnx", "torch") if method != "classical" else ("onnx",)):
-            run_once(backend, method, args.threads)  # warm the file cache
-            times = [run_once(backend, method, args.threads) for _ in range(args.repeats)]
-            rows.append((method, backend if method != "classical" else "-",
-                         statistics.median(times), min(times)))
+    cases = [(m, b, ()) for m in ("network", "hybrid") for b in ("onnx", "torch")]
+    cases += [("classical", "onnx", ()),
+              ("network", "onnx", ("--average-rotations",)),
+              ("hybrid", "onnx", ("--average-rotations",))]
+    for method, backend, extra in cases:
+        run_once(backend, method, args.threads, extra)  # warm the file cache
+        times = [run_once(backend, method, args.threads, extra) for _ in range(args.repeats)]
+        label = method + "".join(f" {x}" for x in extra)
+        rows.append((label, backend if method != "classical" else "-",
+                     statistics.median(times), min(times)))
     clean = not torch_imported_on_onnx_path("hybrid")
     print(f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} "
           f"{platform.release()}, Python {platform.python_version()}; "
