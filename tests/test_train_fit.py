@@ -134,6 +134,10 @@ def test_paper_configs_match_the_notes() -> None:
     assert robust.network == shipped.network and robust.data.augmented
     assert replace(robust.data, amplitude_noise=0.0, missing_fraction=0.0,
                    low_resolution_cut=0.0) == shipped.data
+    # the continuation keeps the shipped task, network and plain loss (and so the hand)
+    cont = configs["gpu_2_continue"]
+    assert (cont.data, cont.network) == (shipped.data, shipped.network)
+    assert not cont.loss_twin and cont.seed != shipped.seed and cont.lr < shipped.lr
 
 
 def test_config_errors(tmp_path: Path) -> None:
