@@ -28,13 +28,7 @@ from dataclasses import dataclass
 import gemmi
 import numpy as np
 
-#: Relative tolerance on the metric tensor for a rotation to count as a symmetry of the cell.
-METRIC_TOLERANCE = 1e-5
-#: Rotated Pattersons equal to an earlier one within this (fraction of the map's range) are
-#: the same input: a rotation of the data's own symmetry, left out.
-SAME_MAP_TOLERANCE = 1e-6
-#: Pattersons put through the network per call.
-BATCH = 8
+from . import settings
 
 
 def _signed_permutations() -> list[np.ndarray]:
@@ -86,7 +80,7 @@ def grid_rotations(cell: gemmi.UnitCell, shape: Sequence[int]) -> list[np.ndarra
         perm = np.abs(r).argmax(axis=1)
         if not np.array_equal(n[perm], n):
             continue
-        if np.allclose(r.T @ g @ r, g, atol=METRIC_TOLERANCE * scale, rtol=0.0):
+        if np.allclose(r.T @ g @ r, g, atol=settings.ROTATION_METRIC_TOLERANCE * scale, rtol=0.0):
             out.append(r.copy())
     return out
 
@@ -132,12 +126,16 @@ class RotationAverage:
         Mean CC of the single (turned-back, hand-aligned) predictions with their average.
     inverted
         How many of them were put into the other hand before averaging.
+    single
+        The prediction of the unturned Patterson (the first rotation, the identity), as the
+        network gave it.
     """
 
     density: np.ndarray
     n_rotations: int
     agreement: float
     inverted: int
+    single: np.ndarray
 
 
 def distinct_rotations(patterson: np.ndarray, rotations: Sequence[np.ndarray]
@@ -149,7 +147,7 @@ def distinct_rotations(patterson: np.ndarray, rotations: Sequence[np.ndarray]
     turned about the prediction's origin, which the crystal's axes need not pass through.
     """
     p = np.asarray(patterson, dtype=np.float64)
-    tol = SAME_MAP_TOLERANCE * max(float(p.max() - p.min()), 1e-30)
+    tol = settings.ROTATION_SAME_MAP_TOLERANCE * max(float(p.max() - p.min()), 1e-30)
     kept: list[np.ndarray] = []
     maps: list[np.ndarray] = []
     for r in rotations:
@@ -186,13 +184,13 @@ def rotation_averaged(patterson: np.ndarray, rotations: Sequence[np.ndarray],
     if not rots:
         rots = [np.eye(3, dtype=np.int64)]
     back = []
-    for k in range(0, len(rots), BATCH):
-        chunk = rots[k: k + BATCH]
+    for k in range(0, len(rots), settings.ROTATION_BATCH):
+        chunk = rots[k: k + settings.ROTATION_BATCH]
         y = predict(np.stack([rotate_map(x, r) for r in chunk]))
         back += [rotate_map(y[j].astype(np.float64), r.T) for j, r in enumerate(chunk)]
     if len(back) == 1:
         return RotationAverage(density=back[0].astype(np.float32), n_rotations=1,
-                               agreement=1.0, inverted=0)
+                               agreement=1.0, inverted=0, single=back[0].astype(np.float32))
     ref = back[0]
     flips = [_cc(invert_map(b), ref) > _cc(b, ref) for b in back]
     aligned = [invert_map(b) if f else b for b, f in zip(back, flips, strict=True)]
@@ -204,4 +202,5 @@ def rotation_averaged(patterson: np.ndarray, rotations: Sequence[np.ndarray],
         inverted = len(back) - inverted
     agreement = float(np.mean([_cc(a, mean) for a in aligned]))
     return RotationAverage(density=mean.astype(np.float32), n_rotations=len(back),
-                           agreement=agreement, inverted=inverted)
+                           agreement=agreement, inverted=inverted,
+                           single=back[0].astype(np.float32))

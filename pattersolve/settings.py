@@ -36,6 +36,15 @@ DEFAULT_STARTS = 4
 # --- phasematch ----------------------------------------------------------------------------
 N_RESOLUTION_BINS = 10
 
+# --- rotation average of the network's prediction (pattersolve.rotations) --------------------
+#: Relative tolerance on the metric tensor for a rotation to count as a symmetry of the cell.
+ROTATION_METRIC_TOLERANCE = 1e-5
+#: Rotated Pattersons equal to an earlier one within this (fraction of the map's range) are
+#: the same input: a rotation of the data's own symmetry, left out.
+ROTATION_SAME_MAP_TOLERANCE = 1e-6
+#: Pattersons put through the network per call.
+ROTATION_BATCH = 8
+
 # --- runtime -------------------------------------------------------------------------------
 ENV_MODELS = "PATTERSOLVE_MODELS"  # extra directory searched for models
 
