@@ -126,16 +126,12 @@ class RotationAverage:
         Mean CC of the single (turned-back, hand-aligned) predictions with their average.
     inverted
         How many of them were put into the other hand before averaging.
-    single
-        The prediction of the unturned Patterson (the first rotation, the identity), as the
-        network gave it.
     """
 
     density: np.ndarray
     n_rotations: int
     agreement: float
     inverted: int
-    single: np.ndarray
 
 
 def distinct_rotations(patterson: np.ndarray, rotations: Sequence[np.ndarray]
@@ -190,7 +186,7 @@ def rotation_averaged(patterson: np.ndarray, rotations: Sequence[np.ndarray],
         back += [rotate_map(y[j].astype(np.float64), r.T) for j, r in enumerate(chunk)]
     if len(back) == 1:
         return RotationAverage(density=back[0].astype(np.float32), n_rotations=1,
-                               agreement=1.0, inverted=0, single=back[0].astype(np.float32))
+                               agreement=1.0, inverted=0)
     ref = back[0]
     flips = [_cc(invert_map(b), ref) > _cc(b, ref) for b in back]
     aligned = [invert_map(b) if f else b for b, f in zip(back, flips, strict=True)]
@@ -202,5 +198,4 @@ def rotation_averaged(patterson: np.ndarray, rotations: Sequence[np.ndarray],
         inverted = len(back) - inverted
     agreement = float(np.mean([_cc(a, mean) for a in aligned]))
     return RotationAverage(density=mean.astype(np.float32), n_rotations=len(back),
-                           agreement=agreement, inverted=inverted,
-                           single=back[0].astype(np.float32))
+                           agreement=agreement, inverted=inverted)

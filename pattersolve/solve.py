@@ -67,7 +67,6 @@ class Prediction:
     backend: str
     rotations: int = 1  # Pattersons predicted and averaged (pattersolve.rotations)
     rotation_agreement: float = 1.0  # mean CC of the single predictions with the average
-    single: np.ndarray | None = None  # averaged: the unturned Patterson's own prediction
 
 
 @dataclass
@@ -182,13 +181,12 @@ def predict(refl: Reflections, predictor: Any, average_rotations: bool = False) 
     use = fits & (refl.d >= info.d_min - settings.D_MIN_EPS)
     pat = patterson_map(refl.hkl[use], refl.intensity[use], shape, refl.cell.volume)
     x = scale_to_unit_range(pat.astype(np.float32))
-    n_rot, agreement, single = 1, 1.0, None
+    n_rot, agreement = 1, 1.0
     if average_rotations:
         from .rotations import grid_rotations, rotation_averaged
 
         avg = rotation_averaged(x, grid_rotations(refl.cell, shape), predictor.predict)
         y, n_rot, agreement = avg.density, avg.n_rotations, avg.agreement
-        single = avg.single if n_rot > 1 else None
     else:
         y = predictor.predict(x)
     f = np.zeros(len(refl.hkl), dtype=np.complex128)
@@ -196,7 +194,7 @@ def predict(refl: Reflections, predictor: Any, average_rotations: bool = False) 
     return Prediction(density=y, shape=shape, f=f, covered=fits,
                       seconds=time.perf_counter() - t0, model=info.name,
                       backend=predictor.description, rotations=n_rot,
-                      rotation_agreement=agreement, single=single)
+                      rotation_agreement=agreement)
 
 
 def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
@@ -227,13 +225,6 @@ def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
             # ~1: the prediction averages both hands (phases near 0/180 deg, a poor start)
             "centrosymmetry": round(centrosymmetry(pred.density), 3),
         }
-        # the hand gate (settings.HAND_MAX_CENTROSYMMETRY) was chosen on single predictions:
-        # an average over rotations is smoother, so more centrosymmetric, where the network
-        # committed to a hand in each of them; the unturned Patterson's prediction is judged
-        hand_centrosym = stages["network"]["centrosymmetry"]
-        if pred.single is not None:
-            hand_centrosym = round(centrosymmetry(pred.single), 3)
-            stages["network"]["centrosymmetry_single_prediction"] = hand_centrosym
         log.info("network %s: R(amplitude) %.3f on %d reflections, centrosymmetry %.2f, "
                  "%.2f s", pred.backend, r_net, int(pred.covered.sum()),
                  stages["network"]["centrosymmetry"], pred.seconds)
@@ -247,8 +238,9 @@ def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
             fom = np.where(pred.covered,
                            sigmaa_fom(refl.hkl, refl.amplitude, pred.f, refl.cell), 0.0)
             f = np.where(pred.covered, f, 0)
-            _, stages["hand"] = _network_hand(refl, f, pred, learned, hand_centrosym,
-                                              refined=False, residual=r_net)
+            _, stages["hand"] = _network_hand(refl, f, pred, learned,
+                                              stages["network"]["centrosymmetry"], refined=False,
+                                              residual=r_net)
             rho = density_map(refl.hkl, fom * f, shape, vol)
             return Solution(f=f, fom=fom, density=rho, shape=shape, method=method,
                             stages=stages)
@@ -275,8 +267,8 @@ def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
              len(res.starts), res.seconds)
     f = refl.amplitude * np.exp(1j * np.angle(res.f))
     if start_density is not None:
-        f, stages["hand"] = _network_hand(refl, f, pred, learned, hand_centrosym,
-                                          refined=True)
+        f, stages["hand"] = _network_hand(refl, f, pred, learned,
+                                          stages["network"]["centrosymmetry"], refined=True)
     else:
         stages["hand"] = _hand(refl, "arbitrary", _ARBITRARY)
     rho = density_map(refl.hkl, res.fom * f, shape, vol)
