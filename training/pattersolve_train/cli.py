@@ -106,8 +106,9 @@ def prepare(source: Path | None, out: Path, split_dir: Path | None, length: int,
 @click.option("--shards", type=click.Path(path_type=Path), default=None,
               help="Override the config's shard directory.")
 @click.option("--init", "init_from", metavar="MODEL",
-              help="Start from a shipped model's weights (name or models/<name>), e.g. to "
-                   "continue a CPU-trained model on a GPU.")
+              help="Start a new run from a model's weights (name, models/<name>, or a run "
+                   "folder such as a weights-only GPU snapshot), e.g. to continue a "
+                   "CPU-trained model on a GPU.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def fit(config_path: Path | None, out: Path | None, resume: bool, max_steps: int | None,
         shards: Path | None, init_from: str | None, quiet: bool) -> None:

@@ -94,6 +94,15 @@ def _test_batch(cfg: TrainConfig) -> torch.Tensor:
     return torch.rand((4, 1, 20, 20, 20), generator=gen) * 2 - 1
 
 
+def _init_line(init: dict[str, str]) -> str:
+    """The card's line on what a run started from (``fit --init``)."""
+    if init.get("kind") == "run":
+        return (f"- started from the weights of run `{init['name']}` at step {init['step']} "
+                f"(SHA-256 `{init['sha256']}` of its checkpoint)")
+    return (f"- started from the weights of model `{init['name']}` (SHA-256 "
+            f"`{init['sha256']}` of its safetensors file)")
+
+
 def _model_card(name: str, meta: dict[str, str], cfg: TrainConfig, ckpt: dict[str, Any],
                 evaluation: dict[str, Any], sums: dict[str, str], weights_dtype: str) -> str:
     ev = evaluation or {}
@@ -132,9 +141,7 @@ def _model_card(name: str, meta: dict[str, str], cfg: TrainConfig, ckpt: dict[st
         f"({ckpt.get('examples_seen')} example passes), {cfg.optimizer}, lr {cfg.lr:g}, "
         f"schedule {cfg.schedule}; loss MSE + {cfg.loss_cc_weight:g} (1 - CC)"
         + (" against the better-fitting hand (`loss_twin`)" if cfg.loss_twin else ""),
-        *([f"- started from the weights of model `{ckpt['init_from']['name']}` (SHA-256 "
-           f"`{ckpt['init_from']['sha256']}` of its safetensors file)"]
-          if ckpt.get("init_from") else []),
+        *([_init_line(ckpt["init_from"])] if ckpt.get("init_from") else []),
         *([f"- then BatchNorm statistics re-estimated over "
            f"{ckpt['bn_recalibrated']['bn_recalibrated']} training examples (`pattersolve-train "
            f"recalibrate`): validation CC {ckpt['bn_recalibrated']['before']['val_cc']:.3f} -> "

@@ -480,6 +480,12 @@ def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
                     ) -> dict[str, Any]:
     """Restore weights, optimiser state and RNG states; return the saved ``state``."""
     tensors, meta = read_checkpoint(run_dir)
+    if meta.get("weights_only"):
+        raise PattersolveError(f"{run_dir} holds the weights of step {meta.get('step')} "
+                               "without optimiser and RNG state (a weights-only snapshot), "
+                               "so it cannot be resumed exactly",
+                               "start a new run from it: fit --config CONFIG --init RUN_DIR",
+                               ExitCode.USAGE)
     model.load_state_dict(model_weights(tensors))
     fresh = optimizer.state_dict()
     state: dict[int, dict[str, Any]] = {}
@@ -554,17 +560,30 @@ def build_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
 
 
 def initialise_from(model: nn.Module, cfg: TrainConfig, model_ref: str) -> dict[str, str]:
-    """Load a shipped model's weights (``models/<name>`` or a folder) into ``model``.
+    """Load a model's weights (``models/<name>``, a model folder, or a run folder) into ``model``.
 
-    For continuing a model on other hardware (e.g. the CPU-trained release models on a GPU):
-    the weights are checksum-verified safetensors (never a pickle) and the network config
-    must equal ``cfg.network``. The optimiser state and data position start afresh; use
-    ``--resume`` on a run directory for an exact continuation instead.
+    For continuing a model on other hardware (e.g. the CPU-trained release models on a GPU)
+    or from a weights-only GPU snapshot (``training/gpu/session.py``): the weights are
+    checksum-verified safetensors (never a pickle) and the network config must equal
+    ``cfg.network``. The optimiser state and data position start afresh; use ``--resume`` on
+    a run directory with a full checkpoint for an exact continuation instead.
     """
     from safetensors.torch import load_file
 
     from pattersolve.runtime import resolve_model
 
+    run = Path(model_ref)
+    if (run / CHECKPOINT_JSON).is_file():
+        saved = TrainConfig.from_dict(json.loads((run / CONFIG_JSON).read_text()))
+        if saved.network != cfg.network:
+            raise PattersolveError(f"run {run} has another network config than the training "
+                                   "config", "use the run's own [network] section",
+                                   ExitCode.USAGE)
+        tensors, meta = read_checkpoint(run)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in model_weights(tensors).items()})
+        return {"name": run.name, "sha256": meta["sha256"], "kind": "run",
+                "step": str(meta.get("step"))}
     info = resolve_model(model_ref)
     if NetworkConfig.from_json(info.metadata["config"]) != cfg.network:
         raise PattersolveError(f"model {info.name} has another network config than the "
