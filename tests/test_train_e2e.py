@@ -19,7 +19,8 @@ def _sha(path: Path) -> str:
 
 @pytest.mark.slow
 def test_prepare_fit_evaluate_export(tmp_path: Path, train_synthetic_source: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+                                     capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     shards = tmp_path / "shards"
     assert main(["prepare", "--source", str(train_synthetic_source), "--out", str(shards),
                  "--dialanine", "--max-entries", "20", "--quiet"]) == 0
@@ -104,6 +105,14 @@ def test_prepare_fit_evaluate_export(tmp_path: Path, train_synthetic_source: Pat
                  "--no-plots", "--out", str(tmp_path / "ev2")]) == 0
     ev2 = json.loads((tmp_path / "ev2" / "evaluation.json").read_text())
     assert ev2["median_cc"] == pytest.approx(ev["median_cc"], abs=2e-3)
+    # without --out a model's evaluation goes under ./runs/evaluate, never into its folder
+    shipped = sorted(p.name for p in out.iterdir())
+    with monkeypatch.context() as m:
+        m.chdir(tmp_path)
+        assert main(["evaluate", "--model", str(out), "--shards", str(shards), "--n", "2",
+                     "--no-plots"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == shipped
+    assert (tmp_path / "runs" / "evaluate" / out.name / "evaluation.json").is_file()
 
     # user errors: one line, exit code, no traceback
     capsys.readouterr()

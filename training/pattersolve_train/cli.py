@@ -159,8 +159,9 @@ def fit(config_path: Path | None, out: Path | None, resume: bool, max_steps: int
 @click.option("--n", "n_examples", type=int, default=500, show_default=True,
               help="Test examples to evaluate.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output directory [default: <run or model>/evaluation, or "
-                   "evaluation-rotations with --average-rotations].")
+              help="Output directory [default: <run>/evaluation, or "
+                   "runs/evaluate/<model name> for --model; with --average-rotations "
+                   "evaluation-rotations, <model name>-rotations].")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--average-rotations", is_flag=True,
               help="Score the prediction averaged over the rotations of the cell onto itself "

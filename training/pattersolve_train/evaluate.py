@@ -112,8 +112,9 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
     n_examples
         Number of test examples (the first ones of the split, placed deterministically).
     out
-        Output directory (default ``<run or model>/evaluation``, or
-        ``.../evaluation-rotations`` with ``average_rotations``): ``evaluation.json``,
+        Output directory (default ``<run>/evaluation``, or ``runs/evaluate/<model name>``
+        for a model, so a shipped model folder is never written to; ``evaluation-rotations``
+        / ``<model name>-rotations`` with ``average_rotations``): ``evaluation.json``,
         ``examples.jsonl`` and, with ``plots``, ``cc_histogram.png`` and
         ``phase_error_by_resolution.png``.
     seed
@@ -245,8 +246,14 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
         "bins": model_bins,
         "paper": PAPER.get(cell_key) if cell_key else None,
     }
-    out_dir = (Path(out) if out is not None
-               else base / ("evaluation-rotations" if average_rotations else "evaluation"))
+    suffix = "-rotations" if average_rotations else ""
+    if out is not None:
+        out_dir = Path(out)
+    elif run_dir is not None:
+        out_dir = base / f"evaluation{suffix}"
+    else:  # never into the model's folder (models/ is what ships)
+        out_dir = Path("runs") / "evaluate" / f"{base.resolve().name}{suffix}"
+
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "evaluation.json.tmp"
     tmp.write_text(json.dumps(data, indent=1) + "\n")
