@@ -23,6 +23,24 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+def tiny_config(shards: Path, **changes):
+    """training/configs/tiny.toml on the given shards, with fields replaced."""
+    from dataclasses import replace
+
+    from pattersolve_train import train as T
+
+    cfg = T.load_config(REPO / "training" / "configs" / "tiny.toml")
+    return replace(cfg, shards=str(shards), **changes)
+
+
+def checkpoint_tensors(run: Path) -> dict:
+    """Every tensor of a run's checkpoint (model, optimiser, RNG)."""
+    from pattersolve_train import train as T
+    from safetensors.torch import load_file
+
+    return load_file(str(run / T.CHECKPOINT))
+
+
 @pytest.fixture()
 def one_torch_thread():
     """torch on one thread for the test (training tests: deterministic and CI-sized)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import checkpoint_tensors, tiny_config
 from pattersolve_train import train as T
 
 from pattersolve.errors import PattersolveError
@@ -21,20 +22,11 @@ CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _tiny(shards: Path, **kw) -> T.TrainConfig:
-    cfg = T.load_config(CONFIGS / "tiny.toml")
-    return replace(cfg, shards=str(shards), **kw)
-
-
-def _tensors(run: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(run / T.CHECKPOINT))
 
 
 def test_exact_resume_is_bit_identical(tmp_path: Path, train_shards: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = _tiny(train_shards, max_steps=24, eval_every=10, checkpoint_every=7, log_every=5)
+    cfg = tiny_config(train_shards, max_steps=24, eval_every=10, checkpoint_every=7, log_every=5)
     full = T.fit(cfg, tmp_path / "full", progress=False)
     assert full.step == 24 and not full.interrupted
 
@@ -58,9 +50,9 @@ def test_exact_resume_is_bit_identical(tmp_path: Path, train_shards: Path,
     monkeypatch.setattr(T, "lr_at", real_lr_at)
     T.fit(cfg, tmp_path / "killed", resume=True, progress=False)
 
-    a = _tensors(tmp_path / "full")
+    a = checkpoint_tensors(tmp_path / "full")
     for other in ("half", "killed"):
-        b = _tensors(tmp_path / other)
+        b = checkpoint_tensors(tmp_path / other)
         assert a.keys() == b.keys()
         for key in a:
             if key.startswith(("model.", "optim.")):
@@ -71,7 +63,7 @@ def test_exact_resume_is_bit_identical(tmp_path: Path, train_shards: Path,
 
 
 def test_resume_refuses_mismatch(tmp_path: Path, train_shards: Path) -> None:
-    cfg = _tiny(train_shards, max_steps=2)
+    cfg = tiny_config(train_shards, max_steps=2)
     T.fit(cfg, tmp_path / "r", progress=False)
     with pytest.raises(PattersolveError, match="already holds a run"):
         T.fit(cfg, tmp_path / "r", progress=False)
@@ -82,8 +74,8 @@ def test_resume_refuses_mismatch(tmp_path: Path, train_shards: Path) -> None:
         T.fit(cfg, tmp_path / "r", resume=True, progress=False)
 
 
-def test_loss_decreases_on_tiny(tmp_path: Path, train_shards: Path) -> None:
-    cfg = _tiny(train_shards, max_steps=100, log_every=10, eval_every=100)
+def test_loss_decreases_ontiny_config(tmp_path: Path, train_shards: Path) -> None:
+    cfg = tiny_config(train_shards, max_steps=100, log_every=10, eval_every=100)
     result = T.fit(cfg, tmp_path / "run", progress=False)
     records = [json.loads(x) for x in (tmp_path / "run" / T.METRICS).read_text().splitlines()]
     losses = [r["train_loss"] for r in records if "train_loss" in r]
@@ -174,7 +166,7 @@ def test_init_from_shipped_model_loads_its_weights():
 
 def _packed(shards: Path, **kw) -> T.TrainConfig:
     """tiny.toml in packed cells with random orientations: every example its own cell."""
-    cfg = _tiny(shards, **kw)
+    cfg = tiny_config(shards, **kw)
     return replace(cfg, data=replace(cfg.data, cell=None, padding=2.5, cell_round=2.0,
                                      rotation=True))
 
@@ -214,7 +206,7 @@ def test_cell_buckets_resume_exactly(tmp_path: Path, train_shards: Path) -> None
     T.fit(cfg, tmp_path / "full", progress=False)
     T.fit(cfg, tmp_path / "half", stop_at=5, progress=False)
     T.fit(cfg, tmp_path / "half", resume=True, progress=False)
-    a, b = _tensors(tmp_path / "full"), _tensors(tmp_path / "half")
+    a, b = checkpoint_tensors(tmp_path / "full"), checkpoint_tensors(tmp_path / "half")
     for key in a:
         if key.startswith(("model.", "optim.")):
             assert torch.equal(a[key], b[key]), key
@@ -224,11 +216,11 @@ def test_recalibrate_batchnorm_changes_only_running_statistics(tmp_path: Path,
                                                                train_shards: Path) -> None:
     from pattersolve_train.cli import main
 
-    cfg = _tiny(train_shards, max_steps=12, eval_every=12, log_every=6)
+    cfg = tiny_config(train_shards, max_steps=12, eval_every=12, log_every=6)
     T.fit(cfg, tmp_path / "run", progress=False)
-    before = _tensors(tmp_path / "run")
+    before = checkpoint_tensors(tmp_path / "run")
     assert main(["recalibrate", "--run", str(tmp_path / "run"), "--examples", "24"]) == 0
-    after = _tensors(tmp_path / "run")
+    after = checkpoint_tensors(tmp_path / "run")
     stats = [k for k in before if k.startswith("model.") and ("running_" in k
                                                              or "num_batches" in k)]
     assert stats  # the network has BatchNorm layers
@@ -240,7 +232,7 @@ def test_recalibrate_batchnorm_changes_only_running_statistics(tmp_path: Path,
     assert json.loads((tmp_path / "run" / T.METRICS).read_text().splitlines()[-1]) == rec
     # deterministic: the statistics are reset, not accumulated, so a second pass repeats them
     T.recalibrate_run(tmp_path / "run", 24)
-    again = _tensors(tmp_path / "run")
+    again = checkpoint_tensors(tmp_path / "run")
     assert all(torch.equal(after[k], again[k]) for k in stats)
     # the rewritten checkpoint still loads and resumes (its SHA-256 matches)
     T.fit(replace(cfg, max_steps=12), tmp_path / "run", resume=True, progress=False)

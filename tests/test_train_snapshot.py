@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import checkpoint_tensors, tiny_config
 from pattersolve_train import snapshot as S
 from pattersolve_train import train as T
 
@@ -22,15 +23,6 @@ CONFIGS = REPO / "training" / "configs"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _tiny(shards: Path, **kw) -> T.TrainConfig:
-    cfg = T.load_config(CONFIGS / "tiny.toml")
-    return replace(cfg, shards=str(shards), **kw)
-
-
-def _tensors(run: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(run / T.CHECKPOINT))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +30,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, train_shards: Path) -> dict[s
     """An uninterrupted 16-step tiny run and the same run stopped at step 8."""
     torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("snapshot_runs")
-    cfg = _tiny(train_shards, max_steps=16, eval_every=8, checkpoint_every=5, log_every=4)
+    cfg = tiny_config(train_shards, max_steps=16, eval_every=8, checkpoint_every=5, log_every=4)
     T.fit(cfg, base / "full", progress=False)
     T.fit(cfg, base / "tiny", stop_at=8, progress=False)
     return {"full": base / "full", "half": base / "tiny", "cfg": cfg}  # type: ignore[dict-item]
@@ -56,7 +48,7 @@ def test_split_snapshot_resumes_bit_identically(tmp_path: Path, runs: dict) -> N
     assert run == tmp_path / "restored" / "tiny"
     result = T.fit(runs["cfg"], run, resume=True, progress=False)
     assert result.step == 16
-    a, b = _tensors(runs["full"]), _tensors(run)
+    a, b = checkpoint_tensors(runs["full"]), checkpoint_tensors(run)
     for key in a:
         if key.startswith(("model.", "optim.")):
             assert torch.equal(a[key], b[key]), key
@@ -90,7 +82,7 @@ def test_weights_only_snapshot_refuses_resume_but_initialises(tmp_path: Path,
     model = T.build_model(runs["cfg"], torch.device("cpu"))
     init = T.initialise_from(model, runs["cfg"], str(run))
     assert init["kind"] == "run" and init["step"] == "8"
-    want = T.model_weights(_tensors(runs["half"]))
+    want = T.model_weights(checkpoint_tensors(runs["half"]))
     got = model.state_dict()
     for key, value in want.items():
         assert torch.equal(value, got[key]), key
@@ -126,11 +118,11 @@ def test_restore_refuses_incomplete_corrupt_or_occupied(tmp_path: Path, runs: di
     paths[-1].write_bytes(last)
     # restored once; a second restore into the same place is refused, the run kept
     run = S.restore_run(paths[0], tmp_path / "d")
-    before = _tensors(run)
+    before = checkpoint_tensors(run)
     with pytest.raises(PattersolveError, match="not empty") as err:
         S.restore_run(paths[0], tmp_path / "d")
     assert err.value.exit_code == ExitCode.OUTPUT
-    assert all(torch.equal(v, _tensors(run)[k]) for k, v in before.items())
+    assert all(torch.equal(v, checkpoint_tensors(run)[k]) for k, v in before.items())
 
 
 def test_plan_keeps_full_checkpoints_while_they_fit() -> None:
