@@ -18,7 +18,6 @@ from pattersolve_train import train as T
 from pattersolve.errors import ExitCode, PattersolveError
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "training" / "configs"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
