@@ -31,6 +31,7 @@ def cli() -> None:
       pattersolve-train fit --config training/configs/cpu_1b.toml --out runs/cpu_1b
       pattersolve-train evaluate --run runs/cpu_1b
       pattersolve-train export --run runs/cpu_1b --name alaala-10A
+      pattersolve-train compare runs/cpu_1b models/alaala-10A   # a re-run vs the shipped one
     """
 
 
@@ -244,6 +245,35 @@ def export(run_dir: Path, name: str, models_dir: Path, task: str | None,
     result = export_model(run_dir, name, models_dir, task=task, overwrite=overwrite)
     click.echo(f"{result.directory}: weights {result.weights_dtype}, onnx max diff "
                f"{result.onnx_max_diff:.2e}, fp16 change {result.fp16_rel_rms:.2e} (relative RMS)")
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Also write the per-tensor table as JSON.")
+@click.option("--list", "list_all", is_flag=True, help="Print every tensor, not only those "
+              "that differ.")
+def compare(a: str, b: str, json_out: Path | None, list_all: bool) -> None:
+    """Compare two networks' weights tensor by tensor (the reproduction check).
+
+    A and B are run folders, model folders or model names. Where either is stored in fp16
+    both are compared after export's fp16 cast. Trained parameters and BatchNorm running
+    statistics (what `recalibrate` rewrites) are counted apart. Exit code 0 either way.
+
+    \b
+    Examples:
+      pattersolve-train compare runs/hard-tri-repro models/hard-tri
+      pattersolve-train compare models/all-12A /tmp/models/all-12A --json /tmp/diff.json
+    """
+    from .compare import compare_weights
+
+    result = compare_weights(a, b, json_out)
+    click.echo(result.one_line())
+    rows = [t for t in result.tensors if list_all or not t.identical]
+    for t in rows:
+        click.echo(f"  {'=' if t.identical else '!'} {t.name} ({t.kind}): max |diff| "
+                   f"{t.max_abs:.3g}, relative RMS {t.rel_rms:.3g}")
 
 
 def main(argv: list[str] | None = None) -> int:
