@@ -99,3 +99,12 @@ def test_run_equals_its_export_and_recalibration_moves_only_the_statistics(
     ckpt.write_bytes(bytes(data))
     assert main(["compare", str(run), str(model)]) == int(ExitCode.MODEL)
     assert "SHA-256 differs" in capsys.readouterr().err
+
+
+def test_a_cpu_run_records_what_its_bit_reproducibility_depends_on() -> None:
+    # thread count and the instruction set torch's kernels were chosen for (the stage-3
+    # hard-tri re-run on another machine was not bit-identical; BENCHMARKS.md)
+    line = T.hardware_description(torch.device("cpu"))
+    assert f"(torch kernels {torch.backends.cpu.get_cpu_capability()})" in line
+    assert f"{torch.get_num_threads()} threads" in line and torch.__version__ in line
+    assert T.cpu_model() and T.cpu_model() in line

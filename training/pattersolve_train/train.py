@@ -527,13 +527,31 @@ class FitResult:
     wall_time: float
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware_description(device: torch.device) -> str:
-    """One line naming the machine (CPU count or GPU name, torch version)."""
+    """One line naming the machine (GPU name, or CPU model, the vector instruction set torch's
+    kernels use, CPU and thread count; torch version; OS).
+
+    On a CPU a re-run is bit-identical only with the same thread count and the same kernels,
+    and torch picks those by instruction set (``torch.backends.cpu.get_cpu_capability``), so
+    both are recorded.
+    """
     if device.type == "cuda":
         what = torch.cuda.get_device_name(device)
     else:
-        what = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, " \
-               f"{torch.get_num_threads()} threads"
+        what = (f"{cpu_model()} (torch kernels {torch.backends.cpu.get_cpu_capability()}), "
+                f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads")
     return f"{what}; torch {torch.__version__}; {platform.platform()}"
 
 
