@@ -39,9 +39,16 @@ def test_parameters_and_batchnorm_statistics_are_counted_apart() -> None:
     row = next(t for t in r.tensors if t.name == "bn.running_mean")
     assert row.max_abs == pytest.approx(0.25)
     assert row.rel_rms == pytest.approx(0.25 / float(a["bn.running_mean"].double().norm()))
-    assert "BatchNorm statistics 2 of 3 identical (largest difference 0.25" in r.one_line()
-    assert json.loads(json.dumps(r.to_dict()))["batchnorm_statistics"] == {"identical": 2,
-                                                                           "total": 3}
+    stats = ("bn.running_mean", "bn.running_var", "bn.num_batches_tracked")
+    whole = 0.25 / sum(float(a[k].double().norm()) ** 2 for k in stats) ** 0.5
+    assert r.relative_difference("batchnorm statistic") == pytest.approx(whole)
+    assert r.relative_difference("parameter") == 0.0
+    assert (f"BatchNorm statistics 2 of 3 identical (largest difference 0.25, relative "
+            f"difference {whole:.3g})") in r.one_line()
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["batchnorm_statistics"] == {"identical": 2, "total": 3,
+                                         "relative_difference": pytest.approx(whole)}
+    assert d["tensors"][1]["name"] == "bn.running_mean" and d["tensors"][1]["rel_rms"] > 0
 
 
 def test_fp16_comparison_ignores_what_the_fp16_cast_removes() -> None:

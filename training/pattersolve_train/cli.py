@@ -247,6 +247,9 @@ def export(run_dir: Path, name: str, models_dir: Path, task: str | None,
                f"{result.onnx_max_diff:.2e}, fp16 change {result.fp16_rel_rms:.2e} (relative RMS)")
 
 
+COMPARE_SHOWN = 8  # differing tensors `compare` prints without --list
+
+
 @cli.command()
 @click.argument("a")
 @click.argument("b")
@@ -271,9 +274,13 @@ def compare(a: str, b: str, json_out: Path | None, list_all: bool) -> None:
     result = compare_weights(a, b, json_out)
     click.echo(result.one_line())
     rows = [t for t in result.tensors if list_all or not t.identical]
-    for t in rows:
+    shown = rows if list_all else rows[:COMPARE_SHOWN]
+    for t in shown:
         click.echo(f"  {'=' if t.identical else '!'} {t.name} ({t.kind}): max |diff| "
                    f"{t.max_abs:.3g}, relative RMS {t.rel_rms:.3g}")
+    if len(rows) > len(shown):
+        click.echo(f"  ... and {len(rows) - len(shown)} more that differ (--list prints "
+                   "every tensor)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,15 @@ class TensorDiff:
     kind: str  # "parameter" or "batchnorm statistic"
     identical: bool
     max_abs: float  # largest |a - b|
-    rel_rms: float  # ||a - b|| / ||a|| (0 where both are 0)
+    norm: float  # ||a||
+    diff_norm: float  # ||a - b||
+
+    @property
+    def rel_rms(self) -> float:
+        """``||a - b|| / ||a||`` (0 where both are 0)."""
+        if self.norm > 0:
+            return self.diff_norm / self.norm
+        return 0.0 if self.diff_norm == 0 else math.inf
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,15 @@ class WeightComparison:
         sel = [t for t in self.tensors if t.kind == kind]
         return sum(t.identical for t in sel), len(sel)
 
+    def relative_difference(self, kind: str) -> float:
+        """``||a - b|| / ||a||`` over all tensors of one kind taken as one vector (a
+        near-zero tensor, such as a convolution bias before BatchNorm, does not dominate it
+        the way it dominates its own relative RMS)."""
+        sel = [t for t in self.tensors if t.kind == kind]
+        norm = math.sqrt(sum(t.norm ** 2 for t in sel))
+        diff = math.sqrt(sum(t.diff_norm ** 2 for t in sel))
+        return diff / norm if norm > 0 else (0.0 if diff == 0 else math.inf)
+
     @property
     def identical(self) -> bool:
         """True when every tensor is bit-identical at the compared precision."""
@@ -63,8 +80,10 @@ class WeightComparison:
                                "identical": self.identical}
         for kind in ("parameter", "batchnorm statistic"):
             same, total = self.counts(kind)
-            out[kind.replace(" ", "_") + "s"] = {"identical": same, "total": total}
-        out["tensors"] = [asdict(t) for t in self.tensors]
+            out[kind.replace(" ", "_") + "s"] = {
+                "identical": same, "total": total,
+                "relative_difference": self.relative_difference(kind)}
+        out["tensors"] = [{**asdict(t), "rel_rms": t.rel_rms} for t in self.tensors]
         return out
 
     def one_line(self) -> str:
@@ -77,7 +96,7 @@ class WeightComparison:
             diff = [t for t in self.tensors if t.kind == kind and not t.identical]
             if diff:
                 text += (f" (largest difference {max(t.max_abs for t in diff):.3g}, "
-                         f"relative RMS up to {max(t.rel_rms for t in diff):.3g})")
+                         f"relative difference {self.relative_difference(kind):.3g})")
             parts.append(text)
         return f"{self.a} vs {self.b} ({self.precision}): " + "; ".join(parts)
 
@@ -152,10 +171,8 @@ def compare_state_dicts(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
         xd, yd = x.double(), y.double()
         diff = (xd - yd).abs()
         max_abs = float(diff.max()) if diff.numel() else 0.0
-        norm = float(xd.norm())
-        dnorm = float((xd - yd).norm())
-        rel = dnorm / norm if norm > 0 else (0.0 if dnorm == 0 else math.inf)
-        rows.append(TensorDiff(name, _kind(name), identical, max_abs, rel))
+        rows.append(TensorDiff(name, _kind(name), identical, max_abs, float(xd.norm()),
+                               float((xd - yd).norm())))
     return WeightComparison(label_a, label_b, "fp16" if fp16 else "fp32", tuple(rows))
 
 
