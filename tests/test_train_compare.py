@@ -115,3 +115,25 @@ def test_a_cpu_run_records_what_its_bit_reproducibility_depends_on() -> None:
     assert f"(torch kernels {torch.backends.cpu.get_cpu_capability()})" in line
     assert f"{torch.get_num_threads()} threads" in line and torch.__version__ in line
     assert T.cpu_model() and T.cpu_model() in line
+
+
+def test_a_run_resumed_on_other_hardware_says_where_each_part_ran(
+        tmp_path: Path, train_shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pattersolve_train.export import _hardware_text
+
+    cfg = tiny_config(train_shards, max_steps=8, eval_every=8, log_every=4)
+    run = tmp_path / "run"
+    T.fit(cfg, run, stop_at=4, progress=False)
+    here = T.hardware_description(torch.device("cpu"))
+    T.fit(cfg, run, stop_at=6, resume=True, progress=False)  # same machine: one segment
+    meta = json.loads((run / T.CHECKPOINT_JSON).read_text())
+    assert meta["hardware_segments"] == [{"from_step": 0, "hardware": here}]
+    assert _hardware_text(meta) == here
+
+    monkeypatch.setattr(T, "hardware_description", lambda device: "another machine")
+    T.fit(cfg, run, resume=True, progress=False)
+    meta = json.loads((run / T.CHECKPOINT_JSON).read_text())
+    assert meta["hardware"] == "another machine"
+    assert meta["hardware_segments"] == [{"from_step": 0, "hardware": here},
+                                         {"from_step": 6, "hardware": "another machine"}]
+    assert _hardware_text(meta) == f"steps 0-6 on {here}; then steps 6-8 on another machine"

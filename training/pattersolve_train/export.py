@@ -103,6 +103,17 @@ def _init_line(init: dict[str, str]) -> str:
             f"`{init['sha256']}` of its safetensors file)")
 
 
+def _hardware_text(ckpt: dict[str, Any]) -> str:
+    """The machine a run trained on, or each machine with its steps where it was resumed on
+    another (``hardware_segments``)."""
+    segments = ckpt.get("hardware_segments") or []
+    if len(segments) < 2:
+        return str(ckpt.get("hardware"))
+    ends = [s["from_step"] for s in segments[1:]] + [ckpt.get("step")]
+    return "; then ".join(f"steps {s['from_step']}-{end} on {s['hardware']}"
+                          for s, end in zip(segments, ends, strict=True))
+
+
 def _model_card(name: str, meta: dict[str, str], cfg: TrainConfig, ckpt: dict[str, Any],
                 evaluation: dict[str, Any], sums: dict[str, str], weights_dtype: str) -> str:
     ev = evaluation or {}
@@ -147,7 +158,7 @@ def _model_card(name: str, meta: dict[str, str], cfg: TrainConfig, ckpt: dict[st
            f"recalibrate`): validation CC {ckpt['bn_recalibrated']['before']['val_cc']:.3f} -> "
            f"{ckpt['bn_recalibrated']['val_cc']:.3f}"] if ckpt.get("bn_recalibrated") else []),
         f"- run name `{cfg.name}`; the full configuration is in card.json (`training`)",
-        f"- hardware: {ckpt.get('hardware')}",
+        f"- hardware: {_hardware_text(ckpt)}",
         f"- wall time: {float(ckpt.get('wall_time', 0)) / 60:.1f} min", "",
         "## Evaluation (test split)", "",
         "Phase error after the best origin shift and hand (`pattersolve.phasematch`); random "

@@ -754,6 +754,14 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike[str], resume: bool = False,
         kept = _read_metrics(metrics_path, step)
         _atomic_write_text(metrics_path, "".join(line + "\n" for line in kept))
     hardware = hardware_description(device)
+    # where each part of the run ran: a run resumed elsewhere (another GPU, a CPU with other
+    # kernels) is not the run an uninterrupted one would have been, and its card says so
+    segments: list[dict[str, Any]] = []
+    if resume:
+        segments = list(meta.get("hardware_segments")
+                        or [{"from_step": 0, "hardware": meta.get("hardware")}])
+    if not segments or segments[-1]["hardware"] != hardware:
+        segments.append({"from_step": step, "hardware": hardware})
 
     def state_dict(now_step: int) -> dict[str, Any]:
         epoch, pos = divmod(now_step, spe)
@@ -761,7 +769,8 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike[str], resume: bool = False,
                 "steps_per_epoch": spe, "total_steps": horizon, "seed": cfg.seed,
                 "examples_seen": examples_seen, "world_size": world,
                 "wall_time": wall_before + time.perf_counter() - t_start,
-                "hardware": hardware, "n_parameters": count_parameters(raw_model),
+                "hardware": hardware, "hardware_segments": segments,
+                "n_parameters": count_parameters(raw_model),
                 "n_train_fragments": len(train_ds), "n_train_dropped": train_ds.n_dropped,
                 "training_data": manifest["sha256"], "init_from": initialised}
 
