@@ -99,6 +99,11 @@ def test_run_equals_its_export_and_recalibration_moves_only_the_statistics(
     same, total = r.counts("batchnorm statistic")
     assert total > 0 and same < total
 
+    # an unwritable JSON path is refused before anything is loaded
+    assert main(["compare", str(run), str(model), "--json",
+                 str(tmp_path / "nowhere" / "d.json")]) == int(ExitCode.OUTPUT)
+    assert "no folder" in capsys.readouterr().err
+
     # a corrupt checkpoint is refused, not compared
     ckpt = run / T.CHECKPOINT
     data = bytearray(ckpt.read_bytes())

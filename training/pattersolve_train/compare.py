@@ -187,6 +187,9 @@ def compare_weights(ref_a: str | Path, ref_b: str | Path,
     json_out
         Also write :meth:`WeightComparison.to_dict` there (atomically).
     """
+    if json_out is not None and not Path(json_out).parent.is_dir():
+        raise PattersolveError(f"--json {json_out}: no folder {Path(json_out).parent}",
+                               "create it or write the JSON elsewhere", ExitCode.OUTPUT)
     a, fp16_a, label_a = load_weights(ref_a)
     b, fp16_b, label_b = load_weights(ref_b)
     result = compare_state_dicts(a, b, fp16_a or fp16_b, label_a, label_b)
