@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
     MODEL = 8  # model file corrupt, missing or mismatched
     OUTPUT = 9  # output exists (without --overwrite) or is unwritable
     BACKEND = 10  # requested backend or device not available
+    NOT_REPRODUCED = 11  # pattersolve-train: a reproduction check failed (metrics or weights)
 
 
 class PattersolveError(Exception):

@@ -32,6 +32,14 @@ def cli() -> None:
       pattersolve-train evaluate --run runs/cpu_1b
       pattersolve-train export --run runs/cpu_1b --name alaala-10A
       pattersolve-train compare runs/cpu_1b models/alaala-10A   # a re-run vs the shipped one
+
+    \b
+    Reproducing a shipped model (its config's header has the commands):
+      pattersolve-train evaluate --run runs/hard-tri-twin2 --n 200 --expect hard-tri
+
+    Exit codes: 0 ok, 2 usage, 3 input missing, 4 input format, 6 data, 7 resources, 8 model,
+    9 output, 10 backend, 11 not reproduced (evaluate --expect, compare
+    --require-identical), 130 interrupted, 1 internal error.
     """
 
 
@@ -167,27 +175,55 @@ def fit(config_path: Path | None, out: Path | None, resume: bool, max_steps: int
 @click.option("--average-rotations", is_flag=True,
               help="Score the prediction averaged over the rotations of the cell onto itself "
                    "(24 in a cubic cell; what `pattersolve --average-rotations` runs).")
+@click.option("--expect", "expect_model", default=None, metavar="MODEL",
+              help="Check the result against this shipped model's card (a name or folder): "
+                   "median CCs within 0.01, median phase errors within 1 deg; exit code 11 "
+                   "when not. Needs the card's --n and shards.")
 def evaluate(run_dir: Path | None, model_dir: Path | None, shards: Path | None,
              n_examples: int, out: Path | None, no_plots: bool,
-             average_rotations: bool) -> None:
+             average_rotations: bool, expect_model: str | None) -> None:
     """Median CC and phase error (origin/hand search) on the test split, with random floors.
+
+    With --expect the evaluation is also the reproduction check: fit a shipped model's config,
+    evaluate the run with --expect <model>, and the exit code says whether its card's numbers
+    were reproduced within the stated tolerance (recorded in evaluation.json).
 
     \b
     Examples:
       pattersolve-train evaluate --run runs/cpu_1b
       pattersolve-train evaluate --model models/alaala-10A --shards data/shards/alaala --n 200
       pattersolve-train evaluate --model models/all-12A --average-rotations --out /tmp/ev
+      pattersolve-train evaluate --run runs/hard-tri-twin2 --n 200 --expect hard-tri
     """
     _cpu_env()
     from .evaluate import evaluate as run_evaluate
+    from .reproduce import card_evaluation, check_reproduction
 
     if (run_dir is None) == (model_dir is None):
         raise PattersolveError("give exactly one of --run and --model", "e.g. --run runs/x",
                                ExitCode.USAGE)
+    expected = None
+    if expect_model is not None:  # refuse a meaningless check before the work
+        label, expected = card_evaluation(expect_model, average_rotations)
+        if expected.get("n") != n_examples:
+            raise PattersolveError(f"the card of {label} was evaluated on n={expected.get('n')} "
+                                   f"test examples, not {n_examples}",
+                                   f"evaluate with --n {expected.get('n')}", ExitCode.USAGE)
     summary = run_evaluate(run_dir=run_dir, model_dir=model_dir, shards=shards,
                            n_examples=n_examples, out=out, plots=not no_plots,
                            average_rotations=average_rotations)
     click.echo(summary.one_line())
+    if expected is not None:
+        check = check_reproduction(summary.data, expected, label)
+        summary.record("reproduction", check.as_json())
+        for line in check.lines():
+            click.echo(line)
+        if not check.reproduced:
+            raise PattersolveError(f"{label} not reproduced (metrics outside the stated "
+                                   "tolerance; recorded in "
+                                   f"{summary.out / 'evaluation.json'})",
+                                   "compare the configs, shards and hardware with the card's",
+                                   ExitCode.NOT_REPRODUCED)
 
 
 @cli.command()
@@ -257,12 +293,16 @@ COMPARE_SHOWN = 8  # differing tensors `compare` prints without --list
               help="Also write the per-tensor table as JSON.")
 @click.option("--list", "list_all", is_flag=True, help="Print every tensor, not only those "
               "that differ.")
-def compare(a: str, b: str, json_out: Path | None, list_all: bool) -> None:
+@click.option("--require-identical", is_flag=True,
+              help="Exit with code 11 unless every tensor is bit-identical (for scripts).")
+def compare(a: str, b: str, json_out: Path | None, list_all: bool,
+            require_identical: bool) -> None:
     """Compare two networks' weights tensor by tensor (the reproduction check).
 
     A and B are run folders, model folders or model names. Where either is stored in fp16
     both are compared after export's fp16 cast. Trained parameters and BatchNorm running
-    statistics (what `recalibrate` rewrites) are counted apart. Exit code 0 either way.
+    statistics (what `recalibrate` rewrites) are counted apart. Exit code 0 whether or not
+    they match, unless --require-identical (then 11 when they differ).
 
     \b
     Examples:
@@ -281,6 +321,11 @@ def compare(a: str, b: str, json_out: Path | None, list_all: bool) -> None:
     if len(rows) > len(shown):
         click.echo(f"  ... and {len(rows) - len(shown)} more that differ (--list prints "
                    "every tensor)")
+    if require_identical and not result.identical:
+        raise PattersolveError(f"{a} and {b} differ (--require-identical)",
+                               "on another CPU kind or thread count weights differ; compare "
+                               "the test metrics with `evaluate --expect` instead",
+                               ExitCode.NOT_REPRODUCED)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,13 @@ class EvalSummary:
                 f"{f['median_phase_error_weighted']:.1f} / "
                 f"{f['median_phase_error_unweighted']:.1f}, CC {f['median_map_cc']:.2f})")
 
+    def record(self, key: str, value: Any) -> None:
+        """Add ``key`` to the summary and rewrite ``evaluation.json`` (atomically)."""
+        self.data[key] = value
+        tmp = self.out / "evaluation.json.tmp"
+        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
+        os.replace(tmp, self.out / "evaluation.json")
+
 
 def load_model_dir(model_dir: Path) -> tuple[Any, dict[str, str], dict[str, Any]]:
     """Network (eval mode, fp32), metadata and card of an exported model directory."""
