@@ -69,8 +69,24 @@ def test_a_metric_an_older_card_lacks_is_not_checked() -> None:
     assert "  median_twin_cc: not in the card" in check.lines()
 
 
+def test_skipped_examples_make_n_differ_and_the_fix_names_the_card_s_request() -> None:
+    # fragments that do not fit the cell are skipped: --n 489 gave 478 where --n 500 gave 489
+    old_card = _evaluation(n=489)
+    with pytest.raises(PattersolveError) as e:
+        check_reproduction(_evaluation(n=478, n_requested=489), old_card, "all-12A")
+    assert e.value.exit_code == ExitCode.USAGE
+    assert "the --n the card was made with" in e.value.one_line()
+    assert "asked for 489" in e.value.one_line()
+    new_card = _evaluation(n=489, n_requested=500)
+    with pytest.raises(PattersolveError) as e:
+        check_reproduction(_evaluation(n=478, n_requested=489), new_card, "all-12A")
+    assert "evaluate with --n 500" in e.value.one_line()
+    assert check_reproduction(_evaluation(n=489, n_requested=500), new_card,
+                              "all-12A").reproduced
+
+
 @pytest.mark.parametrize(("change", "code", "words"), [
-    ({"n": 100}, ExitCode.USAGE, "--n 200"),
+    ({"n": 100}, ExitCode.USAGE, "on n=200 test examples, this evaluation on n=100"),
     ({"training_data": "ffffffff" + "0" * 56}, ExitCode.DATA, "this evaluation on ffffffff"),
     ({"average_rotations": True}, ExitCode.USAGE, "averaged over rotations")])
 def test_evaluations_of_other_examples_are_not_compared(change: dict, code: ExitCode,
@@ -121,7 +137,7 @@ def test_evaluate_expect_and_compare_require_identical_end_to_end(
     (out / "evaluation.json").unlink()
     assert main(["evaluate", "--run", str(run), "--n", "4", "--no-plots", "--out", str(out),
                  "--expect", str(model)]) == int(ExitCode.USAGE)
-    assert "evaluate with --n 3" in capsys.readouterr().err
+    assert "(--n 3), not --n 4; fix: evaluate with --n 3" in capsys.readouterr().err
     assert not (out / "evaluation.json").exists()
 
     # compare: exit 0 on a difference by default, 11 with --require-identical

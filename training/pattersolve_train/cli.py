@@ -205,10 +205,13 @@ def evaluate(run_dir: Path | None, model_dir: Path | None, shards: Path | None,
     expected = None
     if expect_model is not None:  # refuse a meaningless check before the work
         label, expected = card_evaluation(expect_model, average_rotations)
-        if expected.get("n") != n_examples:
+        asked = expected.get("n_requested")
+        if (asked is not None and asked != n_examples) or n_examples < expected.get("n", 0):
             raise PattersolveError(f"the card of {label} was evaluated on n={expected.get('n')} "
-                                   f"test examples, not {n_examples}",
-                                   f"evaluate with --n {expected.get('n')}", ExitCode.USAGE)
+                                   f"test examples{f' (--n {asked})' if asked else ''}, "
+                                   f"not --n {n_examples}",
+                                   f"evaluate with --n {asked or expected.get('n')}",
+                                   ExitCode.USAGE)
     summary = run_evaluate(run_dir=run_dir, model_dir=model_dir, shards=shards,
                            n_examples=n_examples, out=out, plots=not no_plots,
                            average_rotations=average_rotations)

@@ -224,6 +224,8 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
     cell_key = (data_cfg.cell[0], data_cfg.residues) if data_cfg.cell else None
     data = {
         "n": len(rows),
+        # examples asked for: fragments that do not fit the cell are skipped, so n can be less
+        "n_requested": n_examples,
         **source,
         "shards": str(shard_dir),
         "training_data": manifest["sha256"],

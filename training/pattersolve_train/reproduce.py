@@ -158,9 +158,14 @@ def check_reproduction(measured: dict[str, Any], expected: dict[str, Any], model
     """
     n_m, n_e = measured.get("n"), expected.get("n")
     if n_m != n_e:
+        # fragments that do not fit the cell are skipped, so n can be below the --n asked for;
+        # older cards do not record the --n (`n_requested`)
+        asked = expected.get("n_requested")
+        fix = (f"evaluate with --n {asked}" if asked is not None else
+               "evaluate with the --n the card was made with (BENCHMARKS.md, shipped models; "
+               f"this evaluation asked for {measured.get('n_requested', 'n/a')})")
         raise PattersolveError(f"the card of {model} was evaluated on n={n_e} test examples, "
-                               f"this evaluation on n={n_m}", f"evaluate with --n {n_e}",
-                               ExitCode.USAGE)
+                               f"this evaluation on n={n_m}", fix, ExitCode.USAGE)
     d_m, d_e = measured.get("training_data"), expected.get("training_data")
     if d_m != d_e:
         raise PattersolveError(f"the card of {model} was evaluated on shards {str(d_e)[:8]}..., "
