@@ -1,4 +1,5 @@
-"""`evaluate --expect` and `compare --require-identical`: the reproduction check as an exit code."""
+"""`evaluate --expect` and `compare --require-identical`: the reproduction check as an exit code;
+and the sampling noise of a card's medians (bootstrap intervals)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import tiny_config
 from pattersolve_train import train as T
+from pattersolve_train.evaluate import median_intervals
 from pattersolve_train.reproduce import (
     CC_TOLERANCE,
     DEGREE_TOLERANCE,
@@ -96,6 +99,27 @@ def test_evaluations_of_other_examples_are_not_compared(change: dict, code: Exit
     assert e.value.exit_code == code and words in e.value.one_line()
 
 
+def test_median_intervals_are_seeded_bootstrap_percentiles() -> None:
+    rng = np.random.default_rng(3)
+    rows = [{"cc": float(c), "err": float(e)}
+            for c, e in zip(rng.normal(0.6, 0.1, 200), rng.normal(50, 10, 200), strict=True)]
+    keys = {"cc": "median_cc", "err": "median_err"}
+    ci = median_intervals(rows, keys, resamples=500)
+    assert ci == median_intervals(rows, keys, resamples=500)  # deterministic
+    med = float(np.median([r["cc"] for r in rows]))
+    lo, hi = ci["median_cc"]
+    assert lo < med < hi
+    # the standard error of a median of n normal values is ~1.2533 sigma / sqrt(n)
+    assert (hi - lo) / (2 * 1.96) == pytest.approx(1.2533 * 0.1 / np.sqrt(200), rel=0.3)
+    assert ci["median_err"][1] - ci["median_err"][0] == pytest.approx(100 * (hi - lo), rel=0.4)
+    # four times the maps, half the width
+    rows4 = rows * 4
+    lo4, hi4 = median_intervals(rows4, keys, resamples=500)["median_cc"]
+    assert (hi4 - lo4) == pytest.approx((hi - lo) / 2, rel=0.35)
+    same = median_intervals([{"cc": 0.5, "err": 1.0}] * 10, keys, resamples=50)
+    assert same["median_cc"] == [0.5, 0.5] and median_intervals([], keys) == {}
+
+
 def test_evaluate_expect_and_compare_require_identical_end_to_end(
         tmp_path: Path, train_shards: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from pattersolve_train.cli import main
@@ -108,6 +132,12 @@ def test_evaluate_expect_and_compare_require_identical_end_to_end(
                  "--models-dir", str(tmp_path / "models")]) == 0
     model = tmp_path / "models" / "tiny"
     capsys.readouterr()
+    ev = json.loads((run / "evaluation" / "evaluation.json").read_text())
+    lo, hi = ev["intervals_95"]["median_cc"]
+    assert lo <= ev["median_cc"] <= hi and ev["n_requested"] == 3
+    readme = (model / "README.md").read_text()
+    assert f"| median CC (density) | {ev['median_cc']:.3f} ({lo:.3f}-{hi:.3f}) |" in readme
+    assert "95 % bootstrap intervals" in readme
 
     # the run against the card exported from it: the same numbers
     out = tmp_path / "ev"

@@ -31,6 +31,49 @@ PAPER = {
 }
 
 
+#: Bootstrap resamples of the test examples for the medians' 95 % intervals (seeded).
+BOOTSTRAP_RESAMPLES = 2000
+#: Per-example keys whose median gets an interval, and the summary key it is stored under.
+INTERVAL_KEYS = {"cc": "median_cc", "twin_cc": "median_twin_cc", "map_cc": "median_map_cc",
+                 "phase_error_weighted": "median_phase_error_weighted",
+                 "phase_error_unweighted": "median_phase_error_unweighted"}
+
+
+def median_intervals(rows: list[dict[str, Any]], keys: dict[str, str] = INTERVAL_KEYS,
+                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+                     ) -> dict[str, list[float]]:
+    """95 % bootstrap (percentile) intervals of the medians over the test examples.
+
+    The sampling noise of a card's numbers: how far another draw of as many test maps from the
+    same distribution would move each median. Every key is resampled with the same example
+    indices, so the intervals are those of one set of maps.
+
+    Parameters
+    ----------
+    rows
+        One dict per test example (``examples.jsonl``).
+    keys
+        Per-example key -> summary key of its median.
+    resamples, seed
+        Bootstrap resamples and the seed of their draw (deterministic).
+
+    Returns
+    -------
+    dict
+        Summary key -> ``[low, high]``.
+    """
+    if not rows:
+        return {}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(rows), size=(resamples, len(rows)))
+    out = {}
+    for key, name in keys.items():
+        values = np.array([r[key] for r in rows], dtype=np.float64)
+        medians = np.median(values[idx], axis=1)
+        out[name] = [float(np.quantile(medians, 0.025)), float(np.quantile(medians, 0.975))]
+    return out
+
+
 @dataclass
 class EvalSummary:
     """Result of :func:`evaluate`; ``data`` is what ``evaluation.json`` holds."""
@@ -239,6 +282,7 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
         "median_phase_error_weighted": med("phase_error_weighted"),
         "median_phase_error_unweighted": med("phase_error_unweighted"),
         "median_map_cc": med("map_cc"),
+        "intervals_95": median_intervals(rows),
         "fraction_of_examples_under_60": float(np.mean([r["phase_error_weighted"] < 60
                                                         for r in rows])),
         # the hand, where a prediction has one: of the examples under 60 deg, the share whose

@@ -124,6 +124,13 @@ def _model_card(name: str, meta: dict[str, str], cfg: TrainConfig, ckpt: dict[st
     def fmt(x: Any, f: str = ".3f") -> str:
         return format(x, f) if isinstance(x, (int, float)) else "n/a"
 
+    intervals = ev.get("intervals_95") or {}
+
+    def val(key: str, f: str = ".3f") -> str:  # the median and, where known, its 95 % interval
+        lo_hi = intervals.get(key)
+        ci = f" ({format(lo_hi[0], f)}-{format(lo_hi[1], f)})" if lo_hi else ""
+        return fmt(ev.get(key), f) + ci
+
     lines = [
         f"# {name}", "",
         f"{meta['task']}.", "",
@@ -167,24 +174,26 @@ def _model_card(name: str, meta: dict[str, str], cfg: TrainConfig, ckpt: dict[st
         "symmetry, as an average of both hands would).", "",
         "| | this model | random phases | paper |",
         "|---|---|---|---|",
-        f"| median CC (density) | {fmt(ev.get('median_cc'))} | - | "
+        f"| median CC (density) | {val('median_cc')} | - | "
         f"{fmt((paper or {}).get('median_cc'), '.2f')} |",
-        f"| median CC with the better-fitting hand | {fmt(ev.get('median_twin_cc'))} | - | - |",
+        f"| median CC with the better-fitting hand | {val('median_twin_cc')} | - | - |",
         f"| true hand (of the examples < 60 deg) | {fmt(ev.get('fraction_true_hand'), '.2f')} "
         "| 0.5 | - |",
         f"| median centrosymmetry of the map (true maps: "
         f"{fmt(ev.get('median_true_centrosymmetry'), '.2f')}) | "
         f"{fmt(ev.get('median_centrosymmetry'))} | - | - |",
-        f"| median map CC after alignment | {fmt(ev.get('median_map_cc'))} | "
+        f"| median map CC after alignment | {val('median_map_cc')} | "
         f"{fmt(floor.get('median_map_cc'))} | - |",
         f"| median phase error, weighted (deg) | "
-        f"{fmt(ev.get('median_phase_error_weighted'), '.1f')} | "
+        f"{val('median_phase_error_weighted', '.1f')} | "
         f"{fmt(floor.get('median_phase_error_weighted'), '.1f')} | "
         f"{fmt((paper or {}).get('median_phase_error'), '.0f')} |",
         f"| median phase error, unweighted (deg) | "
-        f"{fmt(ev.get('median_phase_error_unweighted'), '.1f')} | "
+        f"{val('median_phase_error_unweighted', '.1f')} | "
         f"{fmt(floor.get('median_phase_error_unweighted'), '.1f')} | - |",
-        "", f"Test examples: {ev.get('n', 'not evaluated')}.",
+        "", f"Test examples: {ev.get('n', 'not evaluated')}."
+        + (" In parentheses: 95 % bootstrap intervals of the medians over the test examples (how "
+           "far another draw of as many test maps would move them)." if intervals else ""),
     ]
     if ev.get("bins"):
         lines += ["", "| d (A) | mean phase error | random | fraction < 60 | random |",
