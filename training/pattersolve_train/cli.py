@@ -7,6 +7,7 @@ and printed as one line with the exit code they carry.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ def cli() -> None:
       pattersolve-train evaluate --run runs/cpu_1b
       pattersolve-train export --run runs/cpu_1b --name alaala-10A
       pattersolve-train compare runs/cpu_1b models/alaala-10A   # a re-run vs the shipped one
+      pattersolve-train paired runs/check/alaala-10A runs/cpu_1b/evaluation   # better?
 
     \b
     Reproducing a shipped model (its config's header has the commands):
@@ -329,6 +331,48 @@ def compare(a: str, b: str, json_out: Path | None, list_all: bool,
                                "on another CPU kind or thread count weights differ; compare "
                                "the test metrics with `evaluate --expect` instead",
                                ExitCode.NOT_REPRODUCED)
+
+
+@cli.command()
+@click.argument("baseline", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Also write the comparison as JSON.")
+def paired(baseline: Path, candidate: Path, json_out: Path | None) -> None:
+    """Is CANDIDATE better than BASELINE on the same test maps? (paired bootstrap)
+
+    BASELINE and CANDIDATE are evaluation folders (`evaluate --out`, or a run's evaluation/)
+    of the same test maps. Per metric: both medians, their difference and its 95 % interval
+    with the maps resampled jointly; "better" / "worse" where the interval excludes zero.
+    Much less noisy than comparing two cards' numbers, each of which carries its maps'
+    sampling noise. Exit code 0 either way.
+
+    \b
+    Examples:
+      pattersolve-train evaluate --model models/hard-tri --n 200 --out runs/ev/shipped
+      pattersolve-train evaluate --run runs/hard-tri-twin3 --n 200 --out runs/ev/candidate
+      pattersolve-train paired runs/ev/shipped runs/ev/candidate
+    """
+    from .paired import paired_comparison, read_examples
+
+    if json_out is not None and not json_out.resolve().parent.is_dir():
+        raise PattersolveError(f"--json {json_out}: no folder {json_out.parent}",
+                               "create it or give another path", ExitCode.OUTPUT)
+    rows_a, rows_b = read_examples(baseline), read_examples(candidate)
+    metrics = paired_comparison(rows_a, rows_b)
+    click.echo(f"{baseline} -> {candidate}, {len(rows_a)} test maps (paired bootstrap, 95 %):")
+    for m in metrics:
+        lo, hi = m.interval
+        click.echo(f"  {m.label}: {m.baseline:.4f} -> {m.candidate:.4f}, difference "
+                   f"{m.difference:+.4f} ({lo:+.4f} to {hi:+.4f}): {m.verdict}")
+    if json_out is not None:
+        data = {"baseline": str(baseline), "candidate": str(candidate), "n": len(rows_a),
+                "metrics": [{"key": m.key, "baseline": m.baseline, "candidate": m.candidate,
+                             "difference": m.difference, "interval_95": list(m.interval),
+                             "verdict": m.verdict} for m in metrics]}
+        tmp = json_out.with_name(json_out.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, json_out)
 
 
 def main(argv: list[str] | None = None) -> int:
