@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +78,29 @@ def test_paired_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         ExitCode.INPUT_MISSING)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "examples.jsonl not found" in err
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_runs_of_other_seeds_are_evaluated_on_the_same_test_maps(
+        tmp_path: Path, train_shards: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import tiny_config
+    from pattersolve_train import train as T
+    from pattersolve_train.cli import main
+
+    for seed in (0, 1):  # random orientations: the placements draw from a seed
+        cfg = tiny_config(train_shards, max_steps=4, eval_every=4, log_every=4, seed=seed)
+        cfg = replace(cfg, data=replace(cfg.data, rotation=True))
+        T.fit(cfg, tmp_path / f"run{seed}", progress=False)
+        assert main(["evaluate", "--run", str(tmp_path / f"run{seed}"), "--n", "4",
+                     "--no-plots"]) == 0
+    rows = [[json.loads(line) for line in
+             (tmp_path / f"run{seed}" / "evaluation" / "examples.jsonl").read_text().splitlines()]
+            for seed in (0, 1)]
+    # the networks differ (another initialisation and example order), the true maps do not
+    assert [r["true_centrosymmetry"] for r in rows[0]] == [r["true_centrosymmetry"]
+                                                           for r in rows[1]]
+    assert [r["cc"] for r in rows[0]] != [r["cc"] for r in rows[1]]
+    capsys.readouterr()
+    assert main(["paired", str(tmp_path / "run0" / "evaluation"),
+                 str(tmp_path / "run1" / "evaluation")]) == 0
+    assert "4 test maps (paired bootstrap" in capsys.readouterr().out

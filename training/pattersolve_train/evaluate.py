@@ -31,6 +31,11 @@ PAPER = {
 }
 
 
+#: Seed of the test maps' random choices (placement, orientation), the same for every model:
+#: a config's training ``seed`` must not change which maps its test numbers are of, or two
+#: cards (and `pattersolve-train paired`) would compare different maps. Every shipped model
+#: trained with seed 0, so their cards are of these maps.
+TEST_MAPS_SEED = 0
 #: Bootstrap resamples of the test examples for the medians' 95 % intervals (seeded).
 BOOTSTRAP_RESAMPLES = 2000
 #: Per-example keys whose median gets an interval, and the summary key it is stored under.
@@ -219,7 +224,7 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
     if not frags:
         raise PattersolveError(f"{shard_dir} has no test fragments",
                                "prepare shards with a test split", ExitCode.DATA)
-    ds = FragmentMaps(frags, data_cfg, cfg.seed, "test", "cpu")
+    ds = FragmentMaps(frags, data_cfg, TEST_MAPS_SEED, "test", "cpu")
     device = torch.device("cpu")
     rng = np.random.default_rng(seed)
     rows: list[dict[str, Any]] = []
@@ -269,6 +274,7 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
         "n": len(rows),
         # examples asked for: fragments that do not fit the cell are skipped, so n can be less
         "n_requested": n_examples,
+        "test_maps_seed": TEST_MAPS_SEED,
         **source,
         "shards": str(shard_dir),
         "training_data": manifest["sha256"],
