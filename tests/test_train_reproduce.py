@@ -62,6 +62,7 @@ def test_a_metric_outside_the_tolerance_is_named(key: str, delta: float) -> None
     wide = check_reproduction(_evaluation(**{key: ref[key] + delta}), ref, "hard-tri",
                               cc_tolerance=0.05, degree_tolerance=2.0)
     assert wide.reproduced
+    assert wide.as_json()["cc_tolerance"] == 0.05 and wide.as_json()["degree_tolerance"] == 2.0
 
 
 def test_a_metric_an_older_card_lacks_is_not_checked() -> None:

@@ -73,6 +73,8 @@ class ReproductionCheck:
     n: int
     average_rotations: bool
     metrics: list[MetricCheck]
+    cc_tolerance: float = CC_TOLERANCE
+    degree_tolerance: float = DEGREE_TOLERANCE
 
     @property
     def reproduced(self) -> bool:
@@ -105,7 +107,7 @@ class ReproductionCheck:
     def as_json(self) -> dict[str, Any]:
         """What ``evaluation.json`` records under ``reproduction``."""
         return {"model": self.model, "reproduced": self.reproduced,
-                "cc_tolerance": CC_TOLERANCE, "degree_tolerance": DEGREE_TOLERANCE,
+                "cc_tolerance": self.cc_tolerance, "degree_tolerance": self.degree_tolerance,
                 "metrics": [{"name": m.name, "card": m.expected, "measured": m.measured,
                              "difference": m.difference, "tolerance": m.tolerance,
                              "within": m.within} for m in self.metrics]}
@@ -187,4 +189,4 @@ def check_reproduction(measured: dict[str, Any], expected: dict[str, Any], model
     metrics = [MetricCheck(k, value(expected, k), value(measured, k), tol[unit])
                for k, unit in CHECKED]
     metrics += [MetricCheck(k, value(expected, k), value(measured, k), None) for k in REPORTED]
-    return ReproductionCheck(model, int(n_m), rot_m, metrics)
+    return ReproductionCheck(model, int(n_m), rot_m, metrics, cc_tolerance, degree_tolerance)
