@@ -9,8 +9,10 @@ Patterson map in, density out, both on the same grid, both scaled to ``[-1, 1]``
 
 Circular padding in the encoder and residual blocks (the Patterson is periodic), kaiming
 normal initialisation. ``unet_skip`` concatenates the full-resolution encoder features into
-the decoder (an improvement over the paper, off for the paper's configs). Fully
-convolutional: any even grid size works.
+the decoder (an improvement over the paper, off for the paper's configs). ``fourier_modes``
+adds a global branch to every residual block (:class:`SpectralConv`, a Fourier neural operator
+layer on the lowest Miller-index modes): a Patterson has no spatial locality, and a 5^3 kernel
+sees ~6 A of a 12 A cell. Fully convolutional: any even grid size works.
 
 This module imports torch at import time; import it only on the torch path.
 """
@@ -18,6 +20,7 @@ This module imports torch at import time; import it only on the torch path.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -31,6 +34,8 @@ class NetworkConfig:
     The paper's small network is ``NetworkConfig(enc_channels=23, feat_channels=25,
     n_blocks=7)``; its larger one ``(25, 30, 8, squeeze_excitation=True)``. oneDNN rounds
     channel counts up to multiples of 16 on CPU, so our own configs use those.
+    ``fourier_modes = m > 0`` gives every residual block a :class:`SpectralConv` over the
+    modes ``[-m, m]^3`` of the pooled grid (0: off, the paper's network).
     """
 
     enc_channels: int = 16
@@ -42,6 +47,7 @@ class NetworkConfig:
     se_reduction: int = 2
     circular: bool = True
     unet_skip: bool = False
+    fourier_modes: int = 0
 
     def to_json(self) -> str:
         """JSON text (stored in the weights' metadata)."""
@@ -89,12 +95,91 @@ class SqueezeExcitation(nn.Module):
         return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
 
 
+def _dft_basis(n: int, modes: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of ``2 pi h x / n`` for ``h`` in ``[-modes, modes]``, ``x`` in ``[0, n)``.
+
+    Built from the input's grid size on every call (the ONNX trace keeps ``n`` dynamic;
+    tests/test_network.py runs an export traced on 8^3 on other grids).
+    """
+    x = torch.arange(n, dtype=like.dtype, device=like.device)
+    h = torch.arange(-modes, modes + 1, dtype=like.dtype, device=like.device)
+    angle = (2.0 * math.pi) * h[:, None] * x[None, :] / n
+    return torch.cos(angle), torch.sin(angle)
+
+
+class SpectralConv(nn.Module):
+    """A global circular convolution on the lowest Fourier modes (Li et al., ICLR 2021).
+
+    ``y(x) = Re sum_h W(h) X(h) exp(+2 pi i h.x / n)`` with ``X(h) = (1/N) sum_x x(x)
+    exp(-2 pi i h.x / n)``, ``h`` in ``[-m, m]^3`` (Miller indices of the map's cell), and
+    ``W(h)`` a learned complex ``channels x channels`` matrix per mode. Translation
+    equivariant like a circular convolution, but its kernel spans the whole cell. The
+    transforms are explicit cos/sin sums built from the input's grid size, so the layer works
+    on any grid and exports to ONNX (opset 17) without an FFT operator. On grids with
+    ``n <= 2 m`` the highest modes alias onto lower ones (the layer stays well defined).
+
+    Parameters
+    ----------
+    channels
+        Input and output channels.
+    modes
+        ``m``: the largest ``|h|``, ``|k|``, ``|l|`` kept.
+    """
+
+    def __init__(self, channels: int, modes: int) -> None:
+        super().__init__()
+        if modes < 1:
+            raise ValueError("SpectralConv needs modes >= 1")
+        self.modes = modes
+        k = 2 * modes + 1
+        scale = 0.5 / math.sqrt(channels)
+        self.weight_re = nn.Parameter(scale * torch.randn(channels, channels, k, k, k))
+        self.weight_im = nn.Parameter(scale * torch.randn(channels, channels, k, k, k))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n1, n2, n3 = x.shape[2], x.shape[3], x.shape[4]
+        c1, s1 = _dft_basis(n1, self.modes, x)
+        c2, s2 = _dft_basis(n2, self.modes, x)
+        c3, s3 = _dft_basis(n3, self.modes, x)
+        # forward transform, exp(-i angle) = cos - i sin, one axis at a time
+        re = torch.einsum("bcxyz,hx->bchyz", x, c1)
+        im = -torch.einsum("bcxyz,hx->bchyz", x, s1)
+        re, im = (torch.einsum("bchyz,ky->bchkz", re, c2)
+                  + torch.einsum("bchyz,ky->bchkz", im, s2),
+                  torch.einsum("bchyz,ky->bchkz", im, c2)
+                  - torch.einsum("bchyz,ky->bchkz", re, s2))
+        re, im = (torch.einsum("bchkz,lz->bchkl", re, c3)
+                  + torch.einsum("bchkz,lz->bchkl", im, s3),
+                  torch.einsum("bchkz,lz->bchkl", im, c3)
+                  - torch.einsum("bchkz,lz->bchkl", re, s3))
+        norm = 1.0 / (n1 * n2 * n3)
+        re, im = re * norm, im * norm
+        # a complex channel mixing per mode
+        yr = (torch.einsum("bihkl,iohkl->bohkl", re, self.weight_re)
+              - torch.einsum("bihkl,iohkl->bohkl", im, self.weight_im))
+        yi = (torch.einsum("bihkl,iohkl->bohkl", re, self.weight_im)
+              + torch.einsum("bihkl,iohkl->bohkl", im, self.weight_re))
+        # inverse transform, exp(+i angle) = cos + i sin; the real part at the end
+        yr, yi = (torch.einsum("bohkl,lz->bohkz", yr, c3)
+                  - torch.einsum("bohkl,lz->bohkz", yi, s3),
+                  torch.einsum("bohkl,lz->bohkz", yr, s3)
+                  + torch.einsum("bohkl,lz->bohkz", yi, c3))
+        yr, yi = (torch.einsum("bohkz,ky->bohyz", yr, c2)
+                  - torch.einsum("bohkz,ky->bohyz", yi, s2),
+                  torch.einsum("bohkz,ky->bohyz", yr, s2)
+                  + torch.einsum("bohkz,ky->bohyz", yi, c2))
+        return (torch.einsum("bohyz,hx->boxyz", yr, c1)
+                - torch.einsum("bohyz,hx->boxyz", yi, s1))
+
+
 class ResidualBlock(nn.Module):
-    """conv + BN + ReLU, conv + BN, [SE], add skip, ReLU."""
+    """conv [+ spectral conv] + BN + ReLU, conv + BN, [SE], add skip, ReLU."""
 
     def __init__(self, channels: int, cfg: NetworkConfig) -> None:
         super().__init__()
         self.conv1 = _conv(channels, channels, cfg.kernel, cfg.circular)
+        self.spectral = (SpectralConv(channels, cfg.fourier_modes)
+                         if cfg.fourier_modes > 0 else None)
         self.bn1 = nn.BatchNorm3d(channels)
         self.conv2 = _conv(channels, channels, cfg.kernel, cfg.circular)
         self.bn2 = nn.BatchNorm3d(channels)
@@ -102,7 +187,10 @@ class ResidualBlock(nn.Module):
                    if cfg.squeeze_excitation else nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.conv1(x)
+        if self.spectral is not None:
+            y = y + self.spectral(x)
+        y = torch.relu(self.bn1(y))
         y = self.se(self.bn2(self.conv2(y)))
         return torch.relu(x + y)
 
