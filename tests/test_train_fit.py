@@ -236,3 +236,22 @@ def test_recalibrate_batchnorm_changes_only_running_statistics(tmp_path: Path,
     assert all(torch.equal(after[k], again[k]) for k in stats)
     # the rewritten checkpoint still loads and resumes (its SHA-256 matches)
     T.fit(replace(cfg, max_steps=12), tmp_path / "run", resume=True, progress=False)
+
+
+def test_fit_seed_option_trains_a_replicate(tmp_path: Path, train_shards: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fit --seed K`: the config's recipe with another seed, in runs/<name>-seed<K>."""
+    from pattersolve_train.cli import main
+
+    from pattersolve.errors import ExitCode
+
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", str(CONFIGS / "tiny.toml"), "--shards", str(train_shards),
+            "--max-steps", "2", "--quiet"]
+    assert main([*args, "--out", "seed0"]) == 0
+    assert main([*args, "--seed", "3"]) == 0
+    run = tmp_path / "runs" / f"{T.load_config(CONFIGS / 'tiny.toml').name}-seed3"
+    assert T.config_for_run(run).seed == 3 and T.config_for_run(tmp_path / "seed0").seed == 0
+    w0, w3 = checkpoint_tensors(tmp_path / "seed0"), checkpoint_tensors(run)
+    assert any(not torch.equal(w0[k], w3[k]) for k in w0)  # another initialisation
+    assert main(["fit", "--out", str(run), "--resume", "--seed", "4"]) == ExitCode.USAGE

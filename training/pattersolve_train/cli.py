@@ -120,9 +120,13 @@ def prepare(source: Path | None, out: Path, split_dir: Path | None, length: int,
               help="Start a new run from a model's weights (name, models/<name>, or a run "
                    "folder such as a weights-only GPU snapshot), e.g. to continue a "
                    "CPU-trained model on a GPU.")
+@click.option("--seed", type=int, default=None,
+              help="Override the config's seed: a replicate of the same recipe, to measure "
+                   "how much two trainings differ [default run directory: "
+                   "runs/<config name>-seed<SEED>].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def fit(config_path: Path | None, out: Path | None, resume: bool, max_steps: int | None,
-        shards: Path | None, init_from: str | None, quiet: bool) -> None:
+        shards: Path | None, init_from: str | None, seed: int | None, quiet: bool) -> None:
     """Train a network (checkpoints every N steps and on Ctrl-C / SIGTERM).
 
     \b
@@ -131,12 +135,16 @@ def fit(config_path: Path | None, out: Path | None, resume: bool, max_steps: int
       pattersolve-train fit --out runs/cpu_1b --resume
       pattersolve-train fit --config training/configs/gpu_1b.toml --init alaala-10A \\
           --out runs/alaala-10A-more
+      pattersolve-train fit --config training/configs/all_12A.toml --seed 1   # a replicate
       torchrun --nproc_per_node 2 -m pattersolve_train.cli fit --config X.toml --out runs/x
     """
     _cpu_env()
     from .train import config_for_run, load_config, with_overrides
     from .train import fit as run_fit
 
+    if seed is not None and resume:
+        raise PattersolveError("--seed with --resume", "a run resumes with its own seed: "
+                               "leave out --seed", ExitCode.USAGE)
     if config_path is None:
         if not (resume and out is not None):
             raise PattersolveError("no --config given", "give --config X.toml, or --out RUN "
@@ -144,11 +152,12 @@ def fit(config_path: Path | None, out: Path | None, resume: bool, max_steps: int
         cfg = config_for_run(out)
     else:
         cfg = load_config(config_path)
-    cfg = with_overrides(cfg, shards=str(shards) if shards else None)
+    cfg = with_overrides(cfg, shards=str(shards) if shards else None, seed=seed)
     if resume and config_path is not None and out is not None:
         saved = config_for_run(out)  # a run resumes with its own shard path unless overridden
         cfg = with_overrides(cfg, shards=None if shards else saved.shards)
-    run_dir = out if out is not None else Path("runs") / cfg.name
+    default_dir = Path("runs") / (cfg.name if seed is None else f"{cfg.name}-seed{seed}")
+    run_dir = out if out is not None else default_dir
     result = run_fit(cfg, run_dir, resume=resume, stop_at=max_steps, progress=not quiet,
                      init_from=init_from)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -345,7 +354,9 @@ def paired(baseline: Path, candidate: Path, json_out: Path | None) -> None:
     of the same test maps. Per metric: both medians, their difference and its 95 % interval
     with the maps resampled jointly; "better" / "worse" where the interval excludes zero.
     Much less noisy than comparing two cards' numbers, each of which carries its maps'
-    sampling noise. Exit code 0 either way.
+    sampling noise. It judges these two weight files, not two recipes: two trainings of one
+    config with different seeds can differ beyond it (BENCHMARKS.md, "A global layer").
+    Exit code 0 either way.
 
     \b
     Examples:
