@@ -8,6 +8,12 @@ baseline) with its 95 % interval; a model is better beyond noise where the inter
 zero on the good side. That is the question before committing a new weight file (it must
 improve a card's numbers).
 
+It is not the question whether one *recipe* (a config) beats another: the interval holds only
+the test maps' sampling noise, not the training's. Two trainings of the CPU all-12A config
+that differ only in their seed differ beyond it (median map CC +0.010, interval +0.002 to
++0.016, on 489 test maps; BENCHMARKS.md, "A global layer"), so a recipe needs its gain set
+beside a seed-to-seed difference.
+
 Both evaluations must be of the same test maps: the same fragments in the same order and the
 same true maps (checked through each example's true-map centrosymmetry, which any change of
 orientation, cell or B factor moves).
