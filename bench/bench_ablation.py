@@ -48,7 +48,7 @@ class Setup:
     """One ablation: its networks (run name, label, config, seed), the pairs compared, and
     where the baseline (the first run) was shipped."""
 
-    title: str
+    title: str  # what is ablated, the start of the printed heading (TITLE)
     runs: tuple[tuple[str, str, str, int], ...]
     pairs: tuple[tuple[str, str, str], ...]  # (baseline, candidate, what the pair measures)
     model: str  # the shipped model's name
@@ -60,8 +60,7 @@ class Setup:
 
 SETUPS: dict[str, Setup] = {
     "2": Setup(
-        "Setup 2 ablation on a CPU ({when}, {machine}, {cpus} CPUs; networks of all_12A.toml, "
-        "2,000 x 16 steps)",
+        "Setup 2",
         (("all-12A-cpu", "plain loss", "all_12A.toml", 0),
          ("cpu-2-seed1", "plain loss", "cpu_2_seed1.toml", 1),
          ("cpu-2-fourier", "plain loss + Fourier layer", "cpu_2_fourier.toml", 0),
@@ -82,8 +81,7 @@ SETUPS: dict[str, Setup] = {
         "all-12A", "e92ba9b",  # models/all-12A as shipped until 2026-11-24 (CPU-trained)
         "data/shards/all2", 500, False),
     "hard": Setup(
-        "Hard-regime ablation on a CPU ({when}, {machine}, {cpus} CPUs; networks of "
-        "hard_tri.toml, 2,000 x 16 steps)",
+        "Hard-regime",
         (("hard-tri-stage1", "plain loss", "hard_tri.toml", 0),
          ("hard-tri-seed1", "plain loss", "hard_tri.toml", 1),
          ("hard-tri-fourier", "plain loss + Fourier layer", "hard_tri_fourier.toml", 0),
@@ -95,6 +93,9 @@ SETUPS: dict[str, Setup] = {
         "hard-tri", "af4feca",  # models/hard-tri stage 1, shipped until 2026-11-25
         "data/shards/tri", 200, True),
 }
+#: The printed heading; every setup's networks are its first config's recipe (2,000 x 16).
+TITLE = ("{title} ablation on a CPU ({when}, {machine}, {cpus} CPUs; networks of {config}, "
+         "2,000 x 16 steps)")
 SHOWN = ("twin_cc", "map_cc", "phase_error_weighted")
 
 
@@ -177,8 +178,8 @@ def main() -> None:
             hybrid[name] = _hybrid(setup, name, model, ev_dir / "phasing_val.json")
 
     when = dt.date.today().isoformat()
-    print("# " + setup.title.format(when=when, machine=platform.machine(),
-                                    cpus=os.cpu_count()) + "\n")
+    print("# " + TITLE.format(title=setup.title, when=when, machine=platform.machine(),
+                              cpus=os.cpu_count(), config=setup.runs[0][2]) + "\n")
     print("| network | config | seed | test maps | median CC | better hand | map CC | "
           "centrosymmetry | phase error w / unw (deg) | fit (min, 1 thread) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
