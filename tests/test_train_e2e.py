@@ -90,10 +90,10 @@ def test_prepare_fit_evaluate_export(tmp_path: Path, train_synthetic_source: Pat
     assert got.shape == x.shape and np.abs(got - want).max() < 1e-4
     # ... and on real Patterson maps: random values can saturate tanh, where any two
     # backends agree (a trained Fourier-layer network did: output -1 everywhere)
-    from pattersolve_train.export import _test_batch
+    from pattersolve_train.export import validation_batch
     from pattersolve_train.train import config_for_run
 
-    real = _test_batch(config_for_run(run)).numpy()
+    real = validation_batch(config_for_run(run)).numpy()
     got = sess.run(["density"], {"patterson": real})[0]
     with torch.no_grad():
         want = net(torch.from_numpy(real)).numpy()
@@ -113,9 +113,23 @@ def test_prepare_fit_evaluate_export(tmp_path: Path, train_synthetic_source: Pat
 
     # evaluating the exported model gives the run's numbers
     assert main(["evaluate", "--model", str(out), "--shards", str(shards), "--n", "6",
-                 "--no-plots", "--out", str(tmp_path / "ev2")]) == 0
+                 "--out", str(tmp_path / "ev2")]) == 0
     ev2 = json.loads((tmp_path / "ev2" / "evaluation.json").read_text())
     assert ev2["median_cc"] == pytest.approx(ev["median_cc"], abs=2e-3)
+    assert ev2["model_sha256"] == card["sha256"]["model.safetensors"]
+    # ... which can refresh the card (same weights, reproduced): head and weights untouched
+    readme = (out / "README.md").read_text()
+    head = readme[:readme.index("## Evaluation (test split)")]
+    weights = (out / "model.safetensors").read_bytes()
+    assert main(["card", "--model", str(out), "--evaluation", str(tmp_path / "ev2")]) == 0
+    refreshed = json.loads((out / "card.json").read_text())
+    assert refreshed["evaluation"]["median_cc"] == ev2["median_cc"]
+    assert refreshed["card_refreshed"]["reproduction"]["evaluation"]["reproduced"]
+    assert (out / "README.md").read_text().startswith(head)
+    assert (out / "model.safetensors").read_bytes() == weights
+    # a run's evaluation (not of the exported weights) is refused
+    assert main(["card", "--model", str(out), "--evaluation",
+                 str(run / "evaluation")]) == 2
     # without --out a model's evaluation goes under ./runs/evaluate, never into its folder
     shipped = sorted(p.name for p in out.iterdir())
     with monkeypatch.context() as m:

@@ -297,6 +297,39 @@ def export(run_dir: Path, name: str, models_dir: Path, task: str | None,
                f"{result.onnx_max_diff:.2e}, fp16 change {result.fp16_rel_rms:.2e} (relative RMS)")
 
 
+@cli.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True,
+              help="A shipped model folder (models/<name>).")
+@click.option("--evaluation", "evaluation_dir", type=click.Path(path_type=Path), required=True,
+              help="The --out folder of `evaluate --model` on that model (with plots).")
+@click.option("--rotations", "rotations_dir", type=click.Path(path_type=Path), default=None,
+              help="The same with --average-rotations [default: keep the card's].")
+def card(model_dir: Path, evaluation_dir: Path, rotations_dir: Path | None) -> None:
+    """Re-render a model card's evaluation from a fresh evaluation of the same weights.
+
+    For a card written before a metric existed (better-fitting hand, centrosymmetry,
+    bootstrap intervals). The evaluation must be of the card's own safetensors file (SHA-256)
+    on the card's test maps, and reproduce its numbers within the stated tolerance (exit code
+    11 when not: a card is never given other numbers for the same weights). The card's head
+    (files, network, data, training) and the weights are not touched.
+
+    \b
+    Examples:
+      pattersolve-train evaluate --model models/all-12A --n 500 --out runs/card/all-12A
+      pattersolve-train evaluate --model models/all-12A --n 500 --average-rotations \\
+          --no-plots --out runs/card/all-12A-rotations
+      pattersolve-train card --model models/all-12A --evaluation runs/card/all-12A \\
+          --rotations runs/card/all-12A-rotations
+    """
+    from .card import refresh_card
+
+    record = refresh_card(model_dir, evaluation_dir, rotations_dir)
+    for key, check in record["reproduction"].items():
+        ok = sum(1 for m in check["metrics"] if m["within"])
+        click.echo(f"{key}: reproduces the card ({ok} metrics within the stated tolerance)")
+    click.echo(f"{model_dir}: card.json and README.md re-rendered")
+
+
 COMPARE_SHOWN = 8  # differing tensors `compare` prints without --list
 
 

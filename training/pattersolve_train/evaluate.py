@@ -186,6 +186,7 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
     from pattersolve.phasematch import match_phases, random_phase_floor
     from pattersolve.phases import centrosymmetry
     from pattersolve.rotations import grid_rotations, rotation_averaged
+    from pattersolve.runtime import sha256_file
     from pattersolve.simulate import structure_factors_from_map
 
     from .data import DataConfig, FragmentMaps
@@ -215,7 +216,9 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
             raise PattersolveError(f"{model_dir}/card.json has no training configuration",
                                    "evaluate the run directory instead (--run)", ExitCode.MODEL)
         cfg = TrainConfig.from_dict(card["training"])
-        source = {"model": str(model_dir), "name": meta.get("name")}
+        # the weights evaluated, so a card is refreshed only from its own (`card`)
+        source = {"model": str(model_dir), "name": meta.get("name"),
+                  "model_sha256": sha256_file(Path(model_dir) / "model.safetensors")}
         base = Path(model_dir)
     data_cfg: DataConfig = cfg.data
     shard_dir = Path(shards) if shards is not None else Path(cfg.shards)

@@ -17,7 +17,8 @@ Files:
   (:func:`fp16_initializers`), halving the file;
 * ``card.json``: ``{"name", "metadata", "sha256": {"model.safetensors", "model.onnx"},
   "evaluation", "training"}``;
-* ``README.md``: the model card.
+* ``README.md``: the model card (a head from the checkpoint, then the evaluation:
+  :mod:`pattersolve_train.card`, which can also refresh it later from a new evaluation).
 
 Metadata keys (str -> str): ``format`` = ``pattersolve-model-1``, ``name``, ``config``
 (``NetworkConfig.to_json()``), ``grid_spacing`` and ``d_min`` (A), ``cell`` (JSON list of the
@@ -45,6 +46,7 @@ from pattersolve.errors import ExitCode, PattersolveError
 from pattersolve.network import PattersonNet, count_parameters
 from pattersolve.runtime import sha256_file
 
+from .card import card_body
 from .evaluate import PAPER
 from .train import TrainConfig, config_for_run, model_weights, read_checkpoint
 
@@ -78,7 +80,7 @@ def describe_task(cfg: TrainConfig) -> str:
             f"{d.d_min:g} A data on a {d.grid_spacing:g} A grid")
 
 
-def _test_batch(cfg: TrainConfig) -> torch.Tensor:
+def validation_batch(cfg: TrainConfig) -> torch.Tensor:
     """Real Patterson maps from the validation split (random maps if the shards are gone)."""
     from .data import FragmentMaps
     from .shards import load_split
@@ -114,23 +116,16 @@ def _hardware_text(ckpt: dict[str, Any]) -> str:
                           for s, end in zip(segments, ends, strict=True))
 
 
-def _model_card(name: str, meta: dict[str, str], cfg: TrainConfig, ckpt: dict[str, Any],
-                evaluation: dict[str, Any], sums: dict[str, str], weights_dtype: str) -> str:
-    ev = evaluation or {}
-    floor = ev.get("random_floor", {})
-    paper = ev.get("paper") or (PAPER.get((cfg.data.cell[0], cfg.data.residues))
-                                if cfg.data.cell else None)
+def _paper(cfg: TrainConfig, evaluation: dict[str, Any]) -> dict[str, Any] | None:
+    """The paper's numbers for the run's setup (None for setups the paper did not have)."""
+    return (evaluation or {}).get("paper") or (
+        PAPER.get((cfg.data.cell[0], cfg.data.residues)) if cfg.data.cell else None)
 
-    def fmt(x: Any, f: str = ".3f") -> str:
-        return format(x, f) if isinstance(x, (int, float)) else "n/a"
 
-    intervals = ev.get("intervals_95") or {}
-
-    def val(key: str, f: str = ".3f") -> str:  # the median and, where known, its 95 % interval
-        lo_hi = intervals.get(key)
-        ci = f" ({format(lo_hi[0], f)}-{format(lo_hi[1], f)})" if lo_hi else ""
-        return fmt(ev.get(key), f) + ci
-
+def _card_head(name: str, meta: dict[str, str], cfg: TrainConfig, ckpt: dict[str, Any],
+               sums: dict[str, str], weights_dtype: str) -> str:
+    """The card's README.md up to its evaluation: task, files, network, data and training
+    (what the checkpoint knows; :func:`pattersolve_train.card.card_body` follows it)."""
     lines = [
         f"# {name}", "",
         f"{meta['task']}.", "",
@@ -167,76 +162,8 @@ def _model_card(name: str, meta: dict[str, str], cfg: TrainConfig, ckpt: dict[st
         f"- run name `{cfg.name}`; the full configuration is in card.json (`training`)",
         f"- hardware: {_hardware_text(ckpt)}",
         f"- wall time: {float(ckpt.get('wall_time', 0)) / 60:.1f} min", "",
-        "## Evaluation (test split)", "",
-        "Phase error after the best origin shift and hand (`pattersolve.phasematch`); random "
-        "phases with the true amplitudes go through the same search (the floor). "
-        "Centrosymmetry is `pattersolve.phases.centrosymmetry` (1: the map has a centre of "
-        "symmetry, as an average of both hands would).", "",
-        "| | this model | random phases | paper |",
-        "|---|---|---|---|",
-        f"| median CC (density) | {val('median_cc')} | - | "
-        f"{fmt((paper or {}).get('median_cc'), '.2f')} |",
-        f"| median CC with the better-fitting hand | {val('median_twin_cc')} | - | - |",
-        f"| true hand (of the examples < 60 deg) | {fmt(ev.get('fraction_true_hand'), '.2f')} "
-        "| 0.5 | - |",
-        f"| median centrosymmetry of the map (true maps: "
-        f"{fmt(ev.get('median_true_centrosymmetry'), '.2f')}) | "
-        f"{fmt(ev.get('median_centrosymmetry'))} | - | - |",
-        f"| median map CC after alignment | {val('median_map_cc')} | "
-        f"{fmt(floor.get('median_map_cc'))} | - |",
-        f"| median phase error, weighted (deg) | "
-        f"{val('median_phase_error_weighted', '.1f')} | "
-        f"{fmt(floor.get('median_phase_error_weighted'), '.1f')} | "
-        f"{fmt((paper or {}).get('median_phase_error'), '.0f')} |",
-        f"| median phase error, unweighted (deg) | "
-        f"{val('median_phase_error_unweighted', '.1f')} | "
-        f"{fmt(floor.get('median_phase_error_unweighted'), '.1f')} | - |",
-        "", f"Test examples: {ev.get('n', 'not evaluated')}."
-        + (" In parentheses: 95 % bootstrap intervals of the medians over the test examples (how "
-           "far another draw of as many test maps would move them)." if intervals else ""),
     ]
-    if ev.get("bins"):
-        lines += ["", "| d (A) | mean phase error | random | fraction < 60 | random |",
-                  "|---|---|---|---|---|"]
-        for b in ev["bins"]:
-            lines.append(f"| {b['d_low']:.2f}-{b['d_high']:.2f} | "
-                         f"{b['mean_weighted_error']:.1f} | {b['floor_mean_weighted_error']:.1f} | "
-                         f"{b['fraction_under_60']:.2f} | {b['floor_fraction_under_60']:.2f} |")
-    lines += ["", "These are the network's own numbers. In pattersolve the prediction is the "
-              "starting density and support of projection refinement: BENCHMARKS.md "
-              "(`python bench/bench_phasing.py`) puts the network alone, classical refinement "
-              "from random phases, network + refinement and random phases side by side for "
-              "this regime.", ""]
-    return "\n".join(lines)
-
-
-def rotation_section(name: str, single: dict[str, Any], averaged: dict[str, Any]) -> str:
-    """The model card's section on the prediction averaged over rotations of the cell
-    (``evaluate --average-rotations``), beside the single prediction's numbers."""
-
-    def row(label: str, key: str, f: str = ".3f") -> str:
-        a, b = single.get(key), averaged.get(key)
-        fa = format(a, f) if isinstance(a, (int, float)) else "n/a"
-        fb = format(b, f) if isinstance(b, (int, float)) else "n/a"
-        return f"| {label} | {fa} | {fb} |"
-
-    return "\n".join([
-        "## Averaged over rotations (`pattersolve --average-rotations`)", "",
-        "The Patterson turned by each rotation of the cell onto itself (median "
-        f"{averaged.get('median_rotations', 'n/a'):g} per map here), each prediction turned "
-        "back, all put into one hand and averaged (`pattersolve.rotations`); network alone, "
-        f"the same {averaged.get('n', 'n/a')} test maps (`pattersolve-train evaluate --model "
-        f"models/{name} --average-rotations`). Not the default: BENCHMARKS.md, rotation "
-        "average, has what it does to network + refinement.", "",
-        "| | single prediction | averaged over rotations |", "|---|---|---|",
-        row("median CC (density)", "median_cc"),
-        row("median CC with the better-fitting hand", "median_twin_cc"),
-        row("true hand (of the examples < 60 deg)", "fraction_true_hand", ".2f"),
-        row("median centrosymmetry of the map", "median_centrosymmetry"),
-        row("median phase error, weighted (deg)", "median_phase_error_weighted", ".1f"),
-        row("median phase error, unweighted (deg)", "median_phase_error_unweighted", ".1f"),
-        "",
-    ])
+    return "\n".join(lines) + "\n"
 
 
 def fp16_initializers(proto: Any) -> int:
@@ -295,7 +222,7 @@ def export_model(run_dir: str | os.PathLike[str], name: str,
     model = PattersonNet(cfg.network)
     model.load_state_dict(model_weights(tensors))
     model.eval()
-    x = _test_batch(cfg)
+    x = validation_batch(cfg)
     state = model.state_dict()
     half = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
     model16 = PattersonNet(cfg.network)
@@ -404,9 +331,9 @@ def export_model(run_dir: str | os.PathLike[str], name: str,
         for png in plots:  # the evaluation's figures travel with the card
             shutil.copyfile(png, work / png.name)
         (work / "README.md").write_text(
-            _model_card(name, meta, cfg, ckpt, evaluation, sums, weights_dtype)
-            + (rotation_section(name, evaluation, rotations) if rotations else "")
-            + "".join(f"\n![{png.stem}]({png.name})\n" for png in plots))
+            _card_head(name, meta, cfg, ckpt, sums, weights_dtype)
+            + card_body(name, evaluation, rotations, _paper(cfg, evaluation),
+                        [png.name for png in plots]))
         if target.exists():
             shutil.rmtree(target)
         work.chmod(0o755)  # mkdtemp makes 0700: a published model is world-readable
