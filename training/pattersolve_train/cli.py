@@ -122,8 +122,9 @@ def prepare(source: Path | None, out: Path, split_dir: Path | None, length: int,
                    "CPU-trained model on a GPU.")
 @click.option("--seed", type=int, default=None,
               help="Override the config's seed: a replicate of the same recipe, to measure "
-                   "how much two trainings differ [default run directory: "
-                   "runs/<config name>-seed<SEED>].")
+                   "how much two trainings differ (initial weights, batches and the "
+                   "validation maps follow it; the test maps of `evaluate` are fixed) "
+                   "[default run directory: runs/<config name>-seed<SEED>].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def fit(config_path: Path | None, out: Path | None, resume: bool, max_steps: int | None,
         shards: Path | None, init_from: str | None, seed: int | None, quiet: bool) -> None:
