@@ -11,7 +11,13 @@ import numpy as np
 from . import __version__
 from .errors import ExitCode, PattersolveError
 from .output import check_writable, write_atomic, write_json
-from .phasematch import PhaseMatch, match_phases, random_phase_floor, read_map_coefficients
+from .phasematch import (
+    PhaseMatch,
+    comparison_group,
+    match_phases,
+    random_phase_floor,
+    read_map_coefficients,
+)
 from .settings import N_RESOLUTION_BINS
 from .simulate import d_spacings
 
@@ -118,12 +124,13 @@ def run(ref: str, test: str, ref_labels: str | None, test_labels: str | None,
     if plot and importlib.util.find_spec("matplotlib") is None:
         raise PattersolveError("--plot needs matplotlib", "pip install 'pattersolve[plot]'",
                                ExitCode.USAGE)
-    cell, sg, hkl_r, f_r = read_map_coefficients(ref, *_labels(ref_labels, "--ref-labels"))
+    cell, sg_r, hkl_r, f_r = read_map_coefficients(ref, *_labels(ref_labels, "--ref-labels"))
     cell_t, sg_t, hkl_t, f_t = read_map_coefficients(test, *_labels(test_labels, "--test-labels"))
-    if sg_t.number != sg.number:
-        raise PattersolveError(
-            f"space groups differ: {ref} is {sg.hm}, {test} is {sg_t.hm}",
-            "compare phases in the same space group and setting", ExitCode.DATA)
+    sg, expansion = comparison_group((ref, cell, sg_r), (test, cell_t, sg_t))
+    if expansion:
+        other = test if expansion["file"] == "reference" else ref
+        click.echo(f"expanded to P1: {expansion['path']} ({expansion['from']}) to compare with "
+                   f"{other} (P 1); origins and hand searched in P 1")
     hkl, fr, ft = _common(hkl_r, f_r, hkl_t, f_t)
     if d_min is not None:
         keep = d_spacings(cell, hkl) >= d_min - 1e-6
@@ -135,7 +142,8 @@ def run(ref: str, test: str, ref_labels: str | None, test_labels: str | None,
     floor = random_phase_floor(hkl, fr, cell, np.random.default_rng(seed), sg, n_bins=bins)
     click.echo(_table(match, floor))
     doc = {"program": PROG, "version": __version__, "reference": str(ref), "test": str(test),
-           "result": match.to_dict(), "random_phase_floor": floor.to_dict()}
+           "expanded_to_p1": expansion, "result": match.to_dict(),
+           "random_phase_floor": floor.to_dict()}
     if json_path:
         write_json(json_path, doc, overwrite)
     if plot:
@@ -166,7 +174,10 @@ def main(ref: str, test: str, ref_labels: str | None, test_labels: str | None,
     FC/PHIC, F-model/PHIF-model, FP/PHIB, F/PHI, ...). The search allows the origin shifts
     the space group permits and the other hand unless the group is enantiomorphic. The
     random-phase floor (same amplitudes, random phases, same search) is printed beside the
-    result: an error near it means no information.
+    result: an error near it means no information. When one file is in P1 (pattersolve writes
+    P1-expanded data when a solution fails the symmetry check) and the other in a higher
+    group with the same cell, the other is expanded to P1 and the comparison is made in P1
+    (every origin, both hands); a line says so, and so does the JSON ("expanded_to_p1").
 
     \b
     Examples:

@@ -23,6 +23,9 @@ Conventions
 * Weights: the weighted mean phase error uses ``w = |F_ref|`` (the error of the test phases,
   independent of the test amplitudes); the unweighted error is the plain mean. The origin
   search maximises the weighted mean cosine ``sum w cos(dphi) / sum w``.
+* Two files in different groups are compared only when one is P1 and the other has the same
+  cell (:func:`comparison_group`): both are expanded to P1 anyway, and the search is then made
+  with P1's rules (every origin, both hands), since a P1 file's origin is arbitrary.
 * ``map_cc`` is the Pearson correlation of the two maps (each from its own amplitudes, mean
   removed), computed exactly from the coefficients by Parseval's theorem.
 """
@@ -47,6 +50,10 @@ from .settings import (
 from .simulate import d_spacings, f_on_grid, to_half_sphere
 
 FRACTION_THRESHOLDS: tuple[int, ...] = (15, 30, 60)
+#: Largest relative difference of cell lengths, and of angles in degrees, for two files to be
+#: compared in P1 when one of them is P1 and the other in a higher-symmetry group.
+CELL_LENGTH_TOLERANCE = 0.01
+CELL_ANGLE_TOLERANCE_DEG = 1.0
 
 
 @dataclass
@@ -378,6 +385,69 @@ def random_phase_floor(hkl: np.ndarray, f_ref: np.ndarray, cell: gemmi.UnitCell,
     chosen.extra = {"weighted_errors": [r.weighted_error for r in results],
                     "map_ccs": [r.map_cc for r in results]}
     return chosen
+
+
+# ---------------------------------------------------------------------------------------------
+# which group to compare in
+# ---------------------------------------------------------------------------------------------
+def _cell_text(cell: gemmi.UnitCell) -> str:
+    return " ".join(f"{x:.2f}" for x in cell.parameters)
+
+
+def same_cell(a: gemmi.UnitCell, b: gemmi.UnitCell) -> bool:
+    """Whether two cells agree within :data:`CELL_LENGTH_TOLERANCE` / ``..._ANGLE_...``."""
+    pa, pb = np.array(a.parameters), np.array(b.parameters)
+    lengths = np.abs(pa[:3] - pb[:3]) <= CELL_LENGTH_TOLERANCE * np.maximum(pa[:3], pb[:3])
+    angles = np.abs(pa[3:] - pb[3:]) <= CELL_ANGLE_TOLERANCE_DEG
+    return bool(lengths.all() and angles.all())
+
+
+def comparison_group(ref: tuple[str, gemmi.UnitCell, gemmi.SpaceGroup],
+                     test: tuple[str, gemmi.UnitCell, gemmi.SpaceGroup]
+                     ) -> tuple[gemmi.SpaceGroup, dict | None]:
+    """The group whose origins (and hand) are searched, and the P1 expansion made, if any.
+
+    Both files are read expanded to the P1 half sphere (:func:`read_map_coefficients`), so two
+    files in the same group are compared in that group. When one file is P1 (pattersolve writes
+    P1-expanded data when a solution fails the symmetry check, with an arbitrary origin) and the
+    other is in a higher-symmetry group with the same cell, the comparison is made in P1: every
+    origin shift and the other hand are searched.
+
+    Parameters
+    ----------
+    ref, test
+        ``(path, cell, space group)`` of each file.
+
+    Returns
+    -------
+    spacegroup, expansion
+        ``expansion`` is None, or ``{"file": "reference" | "test", "path", "from", "to"}``
+        naming the file expanded to P1.
+
+    Raises
+    ------
+    PattersolveError
+        Two different groups other than P1 against another (exit 6), or a P1 file whose cell
+        differs from the other's (exit 6).
+    """
+    (ref_path, ref_cell, ref_sg), (test_path, test_cell, test_sg) = ref, test
+    if ref_sg.number == test_sg.number:
+        return ref_sg, None
+    if 1 not in (ref_sg.number, test_sg.number):
+        raise PattersolveError(
+            f"space groups differ: {ref_path} is {ref_sg.hm}, {test_path} is {test_sg.hm}",
+            "compare phases in the same space group and setting (or one file in P1)",
+            ExitCode.DATA)
+    if not same_cell(ref_cell, test_cell):
+        raise PattersolveError(
+            f"cells differ: {ref_path} ({ref_sg.hm}) has {_cell_text(ref_cell)}, {test_path} "
+            f"({test_sg.hm}) has {_cell_text(test_cell)}; a P1 file is compared with another "
+            "group only in the same cell",
+            "compare files of the same crystal in the same cell and setting", ExitCode.DATA)
+    which, path, sg = (("reference", ref_path, ref_sg) if test_sg.number == 1
+                       else ("test", test_path, test_sg))
+    return gemmi.SpaceGroup("P 1"), {"file": which, "path": str(path), "from": sg.hm,
+                                     "to": "P 1"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -235,3 +235,81 @@ def test_cli_refuses_to_overwrite_outputs(tmp_path, alaala_mtz):
         pm_main([str(truth), str(truth), "--json", str(out), "--overwrite"])
     assert exc.value.code == 0
     assert '"weighted_error"' in out.read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# a P1 file (pattersolve's output when a solution fails the symmetry check) against a file in
+# the crystal's space group: the higher-symmetry file is expanded to P1 and the origin searched
+# in P1
+# ---------------------------------------------------------------------------------------------
+def _p1_and_p21_files(tmp_path, t=(0.23, 0.37, 0.11), p1_cell=P21_CELL):
+    """(P2(1) file with ASU data, P1 file with the whole half sphere moved by ``t``)."""
+    hkl_asu, f_asu, _, _ = _p21_structure_factors()
+    hkl_p1 = sim.miller_sphere(P21_CELL, 2.0)  # systematic absences included, as written
+    frac, elements = _p21_model()
+    f_p1 = sim.structure_factors(frac + np.asarray(t), elements, 15.0, P21_CELL, hkl_p1)
+    sym, p1 = tmp_path / "p21.mtz", tmp_path / "p1.mtz"
+    _write_mtz(sym, hkl_asu, f_asu, P21_CELL, P21, labels=("FC", "PHIC"))
+    _write_mtz(p1, hkl_p1, f_p1, p1_cell, gemmi.SpaceGroup("P 1"))
+    return sym, p1
+
+
+@pytest.mark.parametrize("p1_is_test", [True, False])
+def test_cli_p1_against_p21_expands_the_other_to_p1(tmp_path, p1_is_test):
+    sym, p1 = _p1_and_p21_files(tmp_path)  # t is not a P2(1) origin shift: P1 rules needed
+    ref, test = (sym, p1) if p1_is_test else (p1, sym)
+    out_json = tmp_path / "out.json"
+    res = CliRunner().invoke(main, [str(ref), str(test), "--bins", "4", "--json", str(out_json)])
+    assert res.exit_code == 0, res.output
+    expanded = sym
+    line = [x for x in res.output.splitlines() if x.startswith("expanded to P1")]
+    assert len(line) == 1 and str(expanded) in line[0] and "P 1 21 1" in line[0], res.output
+    doc = json.loads(out_json.read_text())
+    assert doc["result"]["weighted_error"] < 0.05  # float32 MTZ storage
+    assert doc["result"]["spacegroup"] == "P 1"
+    note = doc["expanded_to_p1"]
+    assert note["file"] == ("reference" if p1_is_test else "test")
+    assert note["path"] == str(expanded) and note["from"] == "P 1 21 1"
+    assert doc["result"]["n"] > 200
+
+
+def test_cli_same_group_writes_no_expansion_note(tmp_path):
+    sym, _ = _p1_and_p21_files(tmp_path)
+    out_json = tmp_path / "out.json"
+    res = CliRunner().invoke(main, [str(sym), str(sym), "--bins", "4", "--json", str(out_json)])
+    assert res.exit_code == 0, res.output
+    assert "expanded to P1" not in res.output
+    assert json.loads(out_json.read_text())["expanded_to_p1"] is None
+
+
+def test_cli_p1_with_another_cell_is_refused(tmp_path):
+    other = gemmi.UnitCell(11.0, 12.0, 10.5, 90.0, 103.0, 90.0)
+    sym, p1 = _p1_and_p21_files(tmp_path, p1_cell=other)
+    res = CliRunner().invoke(main, [str(sym), str(p1)])
+    assert res.exit_code == 6
+    lines = [x for x in res.output.splitlines() if "error:" in x]
+    assert len(lines) == 1 and "cells differ" in lines[0] and "Traceback" not in res.output
+
+
+def test_cli_two_other_groups_still_refused(tmp_path):
+    sym, _ = _p1_and_p21_files(tmp_path)
+    hkl_asu, f_asu, _, _ = _p21_structure_factors()
+    p2 = tmp_path / "p2.mtz"
+    _write_mtz(p2, hkl_asu, f_asu, P21_CELL, gemmi.SpaceGroup("P 1 2 1"))
+    res = CliRunner().invoke(main, [str(sym), str(p2)])
+    assert res.exit_code == 6 and "space groups differ" in res.output
+
+
+def test_expand_to_p1_agrees_with_gemmi_mtz_expand_to_p1(tmp_path):
+    """Our expansion (phase shifts of the screw axis) against gemmi's own on the same MTZ."""
+    sym, _ = _p1_and_p21_files(tmp_path)
+    _, _, hkl, f = read_map_coefficients(sym)
+    mtz = gemmi.read_mtz_file(str(sym))
+    mtz.expand_to_p1()
+    data = np.asarray(mtz.array, dtype=np.float64)
+    g_hkl, g_f = sim.to_half_sphere(data[:, :3].astype(np.int64),
+                                    data[:, 3] * np.exp(1j * np.radians(data[:, 4])))
+    table = {tuple(h): v for h, v in zip(g_hkl.tolist(), g_f, strict=True)}
+    assert len(table) == len(hkl)
+    g = np.array([table[tuple(h)] for h in hkl.tolist()])
+    assert np.allclose(g, f, atol=1e-5 * np.abs(f).max())
