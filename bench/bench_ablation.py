@@ -132,14 +132,15 @@ def _hybrid(setup: Setup, name: str, model_dir: Path, out: Path) -> dict:
     return res
 
 
-def paired_fraction(a: np.ndarray, b: np.ndarray, below: float, resamples: int = 2000,
-                    seed: int = 0) -> tuple[float, float, float]:
+def paired_fraction(a: np.ndarray, b: np.ndarray, below: float) -> tuple[float, float, float]:
     """Difference (b minus a) of the fraction of maps under ``below`` deg, and its paired 95 %
-    bootstrap interval over the maps (the same maps resampled for both)."""
-    idx = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
-    diff = (b[idx] < below).mean(axis=1) - (a[idx] < below).mean(axis=1)
-    return (float((b < below).mean() - (a < below).mean()), float(np.quantile(diff, 0.025)),
-            float(np.quantile(diff, 0.975)))
+    bootstrap interval over the maps (the same maps resampled for both; seed 0)."""
+    from pattersolve_train.stats import bootstrap_interval
+
+    def diff(idx: np.ndarray) -> np.ndarray:
+        return (b[idx] < below).mean(axis=1) - (a[idx] < below).mean(axis=1)
+
+    return (float((b < below).mean() - (a < below).mean()), *bootstrap_interval(diff, len(a)))
 
 
 def main() -> None:

@@ -210,9 +210,6 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-PAIRED_RESAMPLES = 2000
-
-
 def paired_table(results: list[dict]) -> str:
     """Does the network earn its place? hybrid against classical on the same maps.
 
@@ -220,6 +217,8 @@ def paired_table(results: list[dict]) -> str:
     classical) with a 95 % paired bootstrap interval (maps resampled jointly, seed 0), and on
     how many maps each method ended more than 5 deg better than the other.
     """
+    from pattersolve_train.stats import bootstrap_interval
+
     lines = ["| regime | maps | < 15: hybrid - classical (95 %) | < 30: hybrid - classical "
              "(95 %) | hybrid better by > 5 deg | classical better by > 5 deg |",
              "|---|---|---|---|---|---|"]
@@ -229,11 +228,10 @@ def paired_table(results: list[dict]) -> str:
             continue
         hyb = np.array([r["weighted"] for r in maps["hybrid"]])
         cla = np.array([r["weighted"] for r in maps["classical"]])
-        idx = np.random.default_rng(0).integers(0, len(hyb), (PAIRED_RESAMPLES, len(hyb)))
         cells = []
         for t in (15, 30):
             d = (hyb < t).astype(float) - (cla < t).astype(float)
-            lo, hi = np.quantile(d[idx].mean(axis=1), [0.025, 0.975])
+            lo, hi = bootstrap_interval(lambda idx, d=d: d[idx].mean(axis=1), len(hyb))
             cells.append(f"{d.mean():+.2f} ({lo:+.2f} to {hi:+.2f})")
         lines.append(f"| {res['regime']['name']} | {len(hyb)} | {cells[0]} | {cells[1]} | "
                      f"{int((hyb < cla - 5).sum())} | {int((cla < hyb - 5).sum())} |")

@@ -22,6 +22,8 @@ import numpy as np
 
 from pattersolve.errors import ExitCode, PattersolveError
 
+from .stats import RESAMPLES, bootstrap_interval
+
 #: The paper's test results (PHASING_NOTES.md), keyed by (cell edge, residues).
 PAPER = {
     (20.0, "dialanine"): {"setup": "1a", "median_cc": 0.93, "median_phase_error": 52.0,
@@ -36,8 +38,6 @@ PAPER = {
 #: cards (and `pattersolve-train paired`) would compare different maps. Every shipped model
 #: trained with seed 0, so their cards are of these maps.
 TEST_MAPS_SEED = 0
-#: Bootstrap resamples of the test examples for the medians' 95 % intervals (seeded).
-BOOTSTRAP_RESAMPLES = 2000
 #: Per-example keys whose median gets an interval, and the summary key it is stored under.
 INTERVAL_KEYS = {"cc": "median_cc", "twin_cc": "median_twin_cc", "map_cc": "median_map_cc",
                  "phase_error_weighted": "median_phase_error_weighted",
@@ -45,13 +45,14 @@ INTERVAL_KEYS = {"cc": "median_cc", "twin_cc": "median_twin_cc", "map_cc": "medi
 
 
 def median_intervals(rows: list[dict[str, Any]], keys: dict[str, str] = INTERVAL_KEYS,
-                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+                     resamples: int = RESAMPLES, seed: int = 0
                      ) -> dict[str, list[float]]:
     """95 % bootstrap (percentile) intervals of the medians over the test examples.
 
     The sampling noise of a card's numbers: how far another draw of as many test maps from the
     same distribution would move each median. Every key is resampled with the same example
-    indices, so the intervals are those of one set of maps.
+    indices (:func:`pattersolve_train.stats.bootstrap_interval` with one seed), so the
+    intervals are those of one set of maps.
 
     Parameters
     ----------
@@ -69,13 +70,11 @@ def median_intervals(rows: list[dict[str, Any]], keys: dict[str, str] = INTERVAL
     """
     if not rows:
         return {}
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(rows), size=(resamples, len(rows)))
     out = {}
     for key, name in keys.items():
         values = np.array([r[key] for r in rows], dtype=np.float64)
-        medians = np.median(values[idx], axis=1)
-        out[name] = [float(np.quantile(medians, 0.025)), float(np.quantile(medians, 0.975))]
+        out[name] = list(bootstrap_interval(lambda idx, v=values: np.median(v[idx], axis=1),
+                                            len(rows), resamples, seed))
     return out
 
 

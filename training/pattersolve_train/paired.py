@@ -30,6 +30,8 @@ import numpy as np
 
 from pattersolve.errors import ExitCode, PattersolveError
 
+from .stats import RESAMPLES, bootstrap_interval
+
 #: (per-example key, label, +1 where higher is better / -1 where lower is better).
 METRICS: tuple[tuple[str, str, int], ...] = (
     ("cc", "median CC", +1),
@@ -38,7 +40,6 @@ METRICS: tuple[tuple[str, str, int], ...] = (
     ("phase_error_weighted", "median phase error, weighted (deg)", -1),
     ("phase_error_unweighted", "median phase error, unweighted (deg)", -1),
 )
-RESAMPLES = 2000
 
 
 @dataclass
@@ -105,16 +106,16 @@ def paired_comparison(baseline: list[dict[str, Any]], candidate: list[dict[str, 
         raise PattersolveError("the two evaluations place the same fragments differently (their "
                                "true maps differ: another cell, orientation, B or seed)",
                                "compare models of one data configuration", ExitCode.USAGE)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(baseline), size=(resamples, len(baseline)))
     out = []
     for key, label, sign in METRICS:
         if key not in baseline[0] or key not in candidate[0]:
             continue
         a = np.array([r[key] for r in baseline], dtype=np.float64)
         b = np.array([r[key] for r in candidate], dtype=np.float64)
-        diff = np.median(b[idx], axis=1) - np.median(a[idx], axis=1)
+
+        def diff(idx: np.ndarray, a: np.ndarray = a, b: np.ndarray = b) -> np.ndarray:
+            return np.median(b[idx], axis=1) - np.median(a[idx], axis=1)
+
         out.append(PairedMetric(key, label, sign, float(np.median(a)), float(np.median(b)),
-                                (float(np.quantile(diff, 0.025)),
-                                 float(np.quantile(diff, 0.975)))))
+                                bootstrap_interval(diff, len(baseline), resamples, seed)))
     return out
