@@ -1,8 +1,8 @@
 """CUDA paths: maps, inference, refinement, training and the command on a GPU.
 
-Every test here skips on a machine without CUDA (CI and most users); they run on a lent GPU
-(``python3 training/gpu/session.py start`` runs them first) and compare each CUDA result with the
-CPU path it replaces.
+Every test here skips on a machine without CUDA (CI and most users). On a CUDA machine run
+them before training there (``python -m pytest -q tests/test_gpu.py``, training/README.md); each
+compares a CUDA result with the CPU path it replaces.
 """
 
 from __future__ import annotations

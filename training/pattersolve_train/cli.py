@@ -27,16 +27,19 @@ def cli() -> None:
     """Train the Patterson-to-density network.
 
     \b
-    Typical session (from the repository root):
+    Typical session (from the repository root; training/README.md is the guide):
       pattersolve-train prepare --dialanine --max-per-entry 32 --out data/shards/alaala
       pattersolve-train fit --config training/configs/cpu_1b.toml --out runs/cpu_1b
+      pattersolve-train fit --out runs/cpu_1b --resume   # after a stop, on any machine
       pattersolve-train evaluate --run runs/cpu_1b
-      pattersolve-train export --run runs/cpu_1b --name alaala-10A
+      pattersolve-train curves runs/cpu_1b --out runs/cpu_1b/curves.png
+      pattersolve-train export --run runs/cpu_1b --name my-alaala --models-dir runs/models
       pattersolve-train compare runs/cpu_1b models/alaala-10A   # a re-run vs the shipped one
-      pattersolve-train paired runs/check/alaala-10A runs/cpu_1b/evaluation   # better?
+      pattersolve-train evaluate --model models/alaala-10A --out runs/ev/alaala-10A
+      pattersolve-train paired runs/ev/alaala-10A runs/cpu_1b/evaluation   # better?
 
     \b
-    Reproducing a shipped model (its config's header has the commands):
+    Reproducing a shipped model (training/README.md; its config's header has the commands):
       pattersolve-train evaluate --run runs/hard-tri-twin2 --n 200 --expect hard-tri
 
     Exit codes: 0 ok, 2 usage, 3 input missing, 4 input format, 6 data, 7 resources, 8 model,
@@ -118,8 +121,8 @@ def prepare(source: Path | None, out: Path, split_dir: Path | None, length: int,
               help="Override the config's shard directory.")
 @click.option("--init", "init_from", metavar="MODEL",
               help="Start a new run from a model's weights (name, models/<name>, or a run "
-                   "folder such as a weights-only GPU snapshot), e.g. to continue a "
-                   "CPU-trained model on a GPU.")
+                   "folder), e.g. to continue a CPU-trained model on a GPU; the optimiser "
+                   "and schedule start afresh (--resume continues a run exactly).")
 @click.option("--seed", type=int, default=None,
               help="Override the config's seed: a replicate of the same recipe, to measure "
                    "how much two trainings differ (initial weights, batches and the "
@@ -136,8 +139,8 @@ def fit(config_path: Path | None, out: Path | None, resume: bool, max_steps: int
       pattersolve-train fit --out runs/cpu_1b --resume
       pattersolve-train fit --config training/configs/gpu_1b.toml --init alaala-10A \\
           --out runs/alaala-10A-more
-      pattersolve-train fit --config training/configs/all_12A.toml --seed 1   # a replicate
-      torchrun --nproc_per_node 2 -m pattersolve_train.cli fit --config X.toml --out runs/x
+      pattersolve-train fit --config training/configs/hard_tri.toml --seed 1   # a replicate
+      torchrun --nproc-per-node 2 -m pattersolve_train.cli fit --config X.toml --out runs/x
     """
     _cpu_env()
     from .train import config_for_run, load_config, with_overrides
@@ -329,6 +332,28 @@ def card(model_dir: Path, evaluation_dir: Path, rotations_dir: Path | None) -> N
         ok = sum(1 for m in check["metrics"] if m["within"])
         click.echo(f"{key}: reproduces the card ({ok} metrics within the stated tolerance)")
     click.echo(f"{model_dir}: card.json and README.md re-rendered")
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="The PNG to write.")
+def curves(runs: tuple[Path, ...], out: Path) -> None:
+    """Learning curves of runs: validation CC and training loss against examples seen.
+
+    RUNS are run folders of `fit`, finished or not (their config.json and metrics.jsonl);
+    prints each run's last validation CC. Needs matplotlib (the `plot` extra).
+
+    \b
+    Examples:
+      pattersolve-train curves runs/alaala-10A --out runs/alaala-10A/curves.png
+      pattersolve-train curves runs/all-12A runs/all-12A-continued --out /tmp/curves.png
+    """
+    from .curves import plot_curves
+
+    for c in plot_curves(list(runs), out):
+        click.echo(c.one_line())
+    click.echo(f"wrote {out}")
 
 
 COMPARE_SHOWN = 8  # differing tensors `compare` prints without --list
