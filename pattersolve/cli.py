@@ -12,12 +12,15 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import PROGRAM, __version__, settings
 from .errors import ExitCode, PattersolveError
+
+if TYPE_CHECKING:
+    from .transaction import OutputSet
 
 log = logging.getLogger("pattersolve")
 
@@ -35,8 +38,11 @@ Examples:
 
 \b
 Exit codes: 0 ok, 2 usage, 3 input missing, 4 input format, 5 columns, 6 data,
-            7 resources, 8 model, 9 output, 10 backend, 1 internal error.
-Existing outputs are never replaced unless --overwrite is given.
+            7 resources, 8 model, 9 output, 10 backend, 130 interrupted,
+            1 internal error (a bug: please report it with the traceback).
+Outputs: all are written, or none. They are claimed (locked) at the start, written to
+temporary files beside their targets and renamed into place together once all are ready;
+existing outputs are replaced only with --overwrite, and only regular files.
 """
 
 
@@ -85,7 +91,8 @@ def _print_models() -> None:
 @click.option("-o", "--output", "map_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Output CCP4 map (the phased MTZ goes beside it as .mtz).")
 @click.option("--mtz-out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Phased MTZ path (default: the map's name with .mtz).")
+              help="Phased MTZ path (default: the map's name with .mtz, or with _phased.mtz "
+                   "where that is the input file).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a machine-readable summary here.")
 @click.option("--patterson-map", type=click.Path(dir_okay=False, path_type=Path),
@@ -129,7 +136,11 @@ def _print_models() -> None:
 @click.option("--cell", "cell_text", metavar="A,B,C,AL,BE,GA",
               help="Unit cell (for SHELX input without .ins, or to override).")
 @click.option("--spacegroup", help="Space group (for SHELX input without .ins, or to override).")
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--max-memory", "max_memory_text", metavar="SIZE",
+              help="Refuse a job estimated to need more memory than this (e.g. 8G, 500M; "
+                   "default: settings.DEFAULT_MAX_MEMORY).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace existing output files (only once every new output is ready).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug output.")
 @click.version_option(__version__, prog_name=PROGRAM)
@@ -142,8 +153,8 @@ def pattersolve_command(input_file: Path | None, map_out: Path | None, mtz_out: 
                         i_label: str | None,
                         sigi_label: str | None, f_label: str | None, sigf_label: str | None,
                         free_label: str | None, french_wilson: bool, cell_text: str | None,
-                        spacegroup: str | None, overwrite: bool, quiet: bool, verbose: bool
-                        ) -> None:
+                        spacegroup: str | None, max_memory_text: str | None, overwrite: bool,
+                        quiet: bool, verbose: bool) -> None:
     """Phase X-ray data from its Patterson map: a trained 3D convolutional network predicts
     the density, projection refinement (RAAR + shrink-wrap) fits it to the measured
     amplitudes; atomic-resolution data of small cells are phased by charge flipping.
@@ -152,6 +163,11 @@ def pattersolve_command(input_file: Path | None, map_out: Path | None, mtz_out: 
     file or a SHELX HKLF4 .hkl file. Writes a CCP4 map (-o) and a phased MTZ beside it.
     """
     _setup_logging(quiet, verbose)
+    max_memory = None
+    if max_memory_text is not None:
+        from .memory import parse_memory
+
+        max_memory = parse_memory(max_memory_text)
     if list_models:
         _print_models()
         return
@@ -159,186 +175,54 @@ def pattersolve_command(input_file: Path | None, map_out: Path | None, mtz_out: 
         raise PattersolveError("INPUT and -o/--output are required",
                                "run: pattersolve INPUT -o OUT.map (see --help)", ExitCode.USAGE)
     run(input_file=input_file, map_out=map_out, mtz_out=mtz_out, json_out=json_out,
-        patterson_out=patterson_map, peaks_out=peaks_out, method=method, model=model,
-        backend=backend,
-        device=device, cycles=cycles, starts=starts, seed=seed, threads=threads,
-        average_rotations=average_rotations, d_min=d_min, d_max=d_max,
-        labels={"i_label": i_label, "sigi_label": sigi_label, "f_label": f_label,
-                "sigf_label": sigf_label, "free_label": free_label},
-        cell=_floats(cell_text, 6, "--cell"), spacegroup=spacegroup, overwrite=overwrite,
+        patterson_out=patterson_map, peaks_out=peaks_out, overwrite=overwrite,
+        method=method, model=model, backend=backend, device=device, cycles=cycles,
+        starts=starts, seed=seed, threads=threads, average_rotations=average_rotations,
+        d_min=d_min, d_max=d_max, max_memory=max_memory, i_label=i_label,
+        sigi_label=sigi_label, f_label=f_label, sigf_label=sigf_label, free_label=free_label,
+        cell=_floats(cell_text, 6, "--cell"), spacegroup=spacegroup,
         french_wilson=french_wilson)
 
 
-def run(*, input_file: Path, map_out: Path, mtz_out: Path | None, json_out: Path | None,
-        patterson_out: Path | None, method: str, model: str | None, backend: str,
-        peaks_out: Path | None = None,
-        device: str, cycles: int, starts: int, seed: int, threads: int | None,
-        d_min: float | None, d_max: float | None, labels: dict[str, str | None],
-        cell: tuple[float, ...] | None, spacegroup: str | None, overwrite: bool,
-        french_wilson: bool = True, average_rotations: bool = False) -> dict[str, Any]:
-    """The whole job; returns the JSON summary."""
-    import numpy as np
+def _claim_outputs(input_file: Path, map_out: Path, mtz_out: Path | None,
+                   json_out: Path | None, patterson_out: Path | None, peaks_out: Path | None,
+                   overwrite: bool) -> tuple[OutputSet, dict[str, Path]]:
+    """Check and lock every output before any work (a second run fails here, at once)."""
+    from .api import default_mtz_path
+    from .transaction import OutputSet
 
-    from .output import check_writable, write_ccp4_map, write_json, write_phased_mtz
-    from .patterson import cell_grid_shape, patterson, patterson_group
-    from .phases import fom_to_hl
-    from .reflections import read_reflections
+    named = {"map": map_out, "mtz": mtz_out or default_mtz_path(map_out, [str(input_file)]),
+             "json": json_out, "patterson": patterson_out, "peaks": peaks_out}
+    paths = {k: v for k, v in named.items() if v is not None}
+    return OutputSet(paths.values(), overwrite, protect=[input_file]).claim(), paths
+
+
+def run(*, input_file: Path, map_out: Path, mtz_out: Path | None = None,
+        json_out: Path | None = None, patterson_out: Path | None = None,
+        peaks_out: Path | None = None, overwrite: bool = False,
+        **options: Any) -> dict[str, Any]:
+    """The whole job: claim the outputs, :func:`pattersolve.phase`, write; the JSON summary.
+
+    ``options`` are :func:`pattersolve.phase`'s keyword arguments.
+    """
+    from .api import phase
 
     t_start = time.perf_counter()
-    mtz_out = mtz_out or map_out.with_suffix(".mtz")
-    outputs = [p for p in (map_out, mtz_out, json_out, patterson_out, peaks_out)
-               if p is not None]
-    if len({p.resolve() for p in outputs}) != len(outputs):
-        raise PattersolveError("two outputs have the same path",
-                               "give distinct -o, --mtz-out, --json, --patterson-map and "
-                               "--peaks paths",
-                               ExitCode.USAGE)
-    for p in outputs:  # fail before any work
-        check_writable(p, overwrite)
-    if input_file.resolve() in {p.resolve() for p in outputs}:
-        raise PattersolveError(f"an output would overwrite the input {input_file}",
-                               "choose another output name", ExitCode.OUTPUT)
-
-    log.info("%s %s", PROGRAM, __version__)
-    log.info("parameters: method=%s model=%s backend=%s device=%s cycles=%d starts=%d seed=%d "
-             "d_min=%s d_max=%s labels=%s cell=%s spacegroup=%s french_wilson=%s "
-             "average_rotations=%s", method,
-             model or "default", backend, device, cycles, starts, seed, d_min, d_max,
-             {k: v for k, v in labels.items() if v} or "auto", cell, spacegroup, french_wilson,
-             average_rotations)
-    refl = read_reflections(input_file, d_min=d_min, d_max=d_max, cell=cell,
-                            spacegroup=spacegroup, french_wilson=french_wilson, **labels)
-    s = refl.summary
-    log.info("read %s (%s): %s, cell %s", input_file, s["format"], s["spacegroup"],
-             " ".join(f"{x:g}" for x in s["cell"]))
-    col = s["columns"]
-    log.info("columns: %s %s%s%s; Patterson from %s, amplitudes from %s", col["kind"],
-             "/".join(col["value"]), f", sigma {'/'.join(col['sigma'])}" if col["sigma"] else "",
-             f", free {col['free']}" if col["free"] else "", s["patterson_from"],
-             s["amplitudes_from"])
-    log.info("reflections: %d used of %d (P1: %d), %.2f-%.2f A, completeness %.1f%%",
-             s["reflections_used"], s["reflections_in_file"], s["reflections_p1"],
-             s["resolution"][0], s["resolution"][1], 100 * s["completeness"])
-    for note in s["notes"]:
-        log.info("  note: %s", note)
-
-    shape = cell_grid_shape(refl.cell, refl.spacegroup, refl.hkl, refl.d_min)
-    if patterson_out is not None:
-        pmap = patterson(refl.hkl, refl.intensity, refl.cell, shape)
-        pg = patterson_group(refl.spacegroup)
-        write_ccp4_map(patterson_out, pmap, refl.cell, pg, f"Patterson ({pg.hm})", overwrite)
-        log.info("wrote Patterson map %s (group %s)", patterson_out, pg.hm)
-
-    from .abinitio import choose_method
-    from .domain import domain_warnings
-
-    if method == "auto":
-        method, reason = choose_method(refl.cell, refl.d_min, n_reflections=len(refl.hkl),
-                                       spacegroup=refl.spacegroup,
-                                       completeness=s["completeness"])
-        log.info("method: %s (%s)", method, reason)
-    else:
-        reason = "chosen with --method"
-    predictor = None
-    model_meta = None
-    if method in ("network", "hybrid"):
-        from .runtime import Predictor, resolve_model
-
-        info = resolve_model(model, (refl.cell.a, refl.cell.b, refl.cell.c), refl.d_min)
-        predictor = Predictor(info, backend=backend, device=device, threads=threads)
-        model_meta = {"cell": info.cell, "d_min": info.d_min, "name": info.name}
-        log.info("model: %s (%s)", info.name, info.task)
-    warnings = domain_warnings(refl.cell, refl.d_min, len(refl.asu_hkl), refl.spacegroup,
-                               model_info=model_meta, method=method)
-    refine_device = "numpy"
-    if device == "cuda" or (device == "auto" and predictor is not None
-                            and predictor.device == "cuda"):
-        refine_device = "cuda"
-
-    from .solve import locate_in_spacegroup, place_in_cell, solve, solve_chargeflip
-
-    if method == "chargeflip":
-        sol = solve_chargeflip(refl, seed=seed)
-    else:
-        sol = solve(refl, shape, method, predictor=predictor, cycles=cycles, starts=starts,
-                    seed=seed, device=refine_device, average_rotations=average_rotations)
-        sol = locate_in_spacegroup(refl, sol)
-    sol = place_in_cell(refl, sol)
-    warnings += sol.warnings
-    for w in warnings:
-        log.warning("warning: %s", w)
-    hand = sol.stages.get("hand")
-    if hand:
-        log.info("hand: %s (%s)", hand["basis"], hand["note"])
-
-    # --- outputs ----------------------------------------------------------------------------
-    import gemmi
-
-    from .output import lookup_p1
-
-    history = f"{method} phases from {input_file.name}"
-    if refl.spacegroup.number == 1 or sol.symmetric:
-        sg_out = refl.spacegroup
-        hkl_out = refl.asu_hkl
-        f_out = lookup_p1(refl.hkl, sol.f, hkl_out)
-        fom_out = lookup_p1(refl.hkl, sol.fom, hkl_out)
-        amp_out, sig_out, free_out = refl.asu_amplitude, refl.asu_sigma, refl.asu_free
-    else:
-        msg = (f"the {method} solution failed the {refl.spacegroup.hm} symmetry check: map "
-               "and MTZ are written in P1 (P1-expanded data, arbitrary origin)")
-        log.warning("warning: %s", msg)
-        warnings.append(msg)
-        sg_out = gemmi.SpaceGroup("P 1")
-        hkl_out, f_out, fom_out = refl.hkl, sol.f, sol.fom
-        amp_out, sig_out, free_out = refl.amplitude, refl.sigma, refl.free
-    hl = fom_to_hl(fom_out, np.angle(f_out))
-    written: list[Path] = []  # outputs of this run, removed again if a later one fails
+    outputs, paths = _claim_outputs(input_file, map_out, mtz_out, json_out, patterson_out,
+                                    peaks_out, overwrite)
     try:
-        written.append(write_ccp4_map(map_out, sol.density, refl.cell, sg_out, history,
-                                      overwrite))
-        written.append(write_phased_mtz(mtz_out, refl.mtz, hkl_out, amp_out, sig_out,
-                                        free_out, f_out, fom_out, hl, sg_out, history,
-                                        overwrite))
-        log.info("wrote map %s and phased MTZ %s (%s)", map_out, mtz_out, sg_out.hm)
-        n_peaks = None
-        if peaks_out is not None:
-            from .peaks import find_peaks, write_peaks_pdb
-
-            peaks = sol.peaks if sol.peaks is not None else find_peaks(
-                sol.density, refl.cell, sg_out, n_max=settings.PEAKS_MAX)
-            written.append(write_peaks_pdb(peaks_out, peaks, refl.cell, sg_out,
-                                           overwrite=overwrite))
-            n_peaks = len(peaks)
-            log.info("wrote %d peaks to %s", n_peaks, peaks_out)
-    except BaseException:
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise
-    summary: dict[str, Any] = {
-        "program": PROGRAM, "version": __version__, "input": s,
-        "method": method, "method_reason": reason, "map": str(map_out), "mtz": str(mtz_out),
-        "spacegroup_out": sg_out.hm, "grid": list(sol.shape), "stages": sol.stages,
-        "mean_fom": round(float(np.mean(sol.fom)), 4),
-        "confident": sol.confident,
-        "confidence_basis": (
-            "symmetry agreement and model R (charge flipping)" if method == "chargeflip"
-            else "not assessed: P1 data have no symmetry to check; see mean_fom and the "
-            "amplitude residuals" if sol.confident is None
-            else "agreement of the P1 solution with the crystal's symmetry"),
-        "hand": hand,
-        "warnings": warnings,
-        "peaks": None if peaks_out is None else {"file": str(peaks_out), "n": n_peaks},
-        "seconds": round(time.perf_counter() - t_start, 3),
-    }
-    if json_out is not None:
-        try:
-            write_json(json_out, summary, overwrite)
-        except BaseException:
-            for p in written:
-                p.unlink(missing_ok=True)
-            raise
-        log.info("wrote summary %s", json_out)
-    return summary
+        log.info("%s %s", PROGRAM, __version__)
+        log.info("parameters: %s", ", ".join(f"{k}={v}" for k, v in options.items()
+                                             if v is not None))
+        sol = phase(input_file, **options)
+        sol.seconds = time.perf_counter() - t_start
+        sol.write(paths["map"], paths["mtz"], paths.get("json"), paths.get("patterson"),
+                  paths.get("peaks"), outputs=outputs)
+    finally:
+        outputs.abort()
+        outputs.release()
+    log.info("wrote %s (%s)", ", ".join(str(p) for p in paths.values()), sol.spacegroup.hm)
+    return sol.summary({k: str(v) for k, v in paths.items()})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -350,13 +234,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(int(exc.exit_code))
     except click.exceptions.Abort:
         click.echo(f"{PROGRAM}: interrupted", err=True)
-        sys.exit(130)
+        sys.exit(int(ExitCode.INTERRUPTED))
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo(f"{PROGRAM}: interrupted", err=True)
-        sys.exit(130)
+        sys.exit(int(ExitCode.INTERRUPTED))
     sys.exit(0)
 
 

@@ -7,6 +7,7 @@ the problem and the fix, and exit with ``error.exit_code``.
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 
 
@@ -25,6 +26,7 @@ class ExitCode(IntEnum):
     OUTPUT = 9  # output exists (without --overwrite) or is unwritable
     BACKEND = 10  # requested backend or device not available
     NOT_REPRODUCED = 11  # pattersolve-train: a reproduction check failed (metrics or weights)
+    INTERRUPTED = 130  # Ctrl-C / SIGINT (the shell's 128 + 2); outputs untouched
 
 
 class PattersolveError(Exception):
@@ -47,8 +49,17 @@ class PattersolveError(Exception):
         self.exit_code = ExitCode(exit_code)
 
     def one_line(self) -> str:
-        """The single line printed to stderr."""
+        """The single line the command prints to stderr (options named as its flags)."""
         text = self.message.rstrip(".")
         if self.fix:
             text += f"; fix: {self.fix}"
         return " ".join(text.split())
+
+    def __str__(self) -> str:
+        """The same line for Python callers: flags named as :func:`pattersolve.phase`'s
+        parameters (``--d-min`` -> ``d_min``)."""
+        return _FLAG.sub(lambda m: m.group(1).replace("-", "_"), self.one_line())
+
+
+#: A command-line flag quoted in a message (``--d-min``), and its parameter name.
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9-]*)")

@@ -1,8 +1,9 @@
-"""Outputs: CCP4 maps, the phased MTZ and the JSON summary, all written atomically.
+"""Outputs: CCP4 maps, the phased MTZ and the JSON summary.
 
-Every file is written to a temporary file in the destination folder and renamed into place,
-so an error never leaves a partial output. An existing file is replaced only when the caller
-says so (``overwrite=True``, the CLI's ``--overwrite``).
+``ccp4_map``, ``phased_mtz`` and ``json_text`` build an output in memory; the ``write_*``
+functions write one file atomically through :mod:`pattersolve.transaction` (a temporary file
+beside it, renamed into place; an existing file replaced only with ``overwrite=True``). A
+whole run's outputs go through one :class:`~pattersolve.transaction.OutputSet` instead.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,63 +19,16 @@ import gemmi
 import numpy as np
 
 from . import PROGRAM, __version__
-from .errors import ExitCode, PattersolveError
-
-
-def check_writable(path: str | os.PathLike[str], overwrite: bool) -> Path:
-    """Refuse an existing output (unless ``overwrite``) or an unwritable folder, up front."""
-    p = Path(path)
-    if p.exists() and not overwrite:
-        raise PattersolveError(f"output {p} already exists",
-                               "remove it, choose another name, or pass --overwrite",
-                               ExitCode.OUTPUT)
-    if p.is_dir():
-        raise PattersolveError(f"output {p} is a folder", "give a file name", ExitCode.OUTPUT)
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise PattersolveError(f"output folder {parent} does not exist",
-                               "create it or choose another path", ExitCode.OUTPUT)
-    if not os.access(parent, os.W_OK):
-        raise PattersolveError(f"output folder {parent} is not writable",
-                               "choose a folder you can write to", ExitCode.OUTPUT)
-    return p
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; rename it into place on success."""
-    p = check_writable(path, overwrite)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_atomic(path: str | os.PathLike[str], writer: Callable[[str], None],
-                 overwrite: bool = False) -> Path:
-    """Call ``writer(tmp_path)`` and move the result to ``path``."""
-    try:
-        with atomic_path(path, overwrite) as tmp:
-            writer(tmp)
-    except OSError as exc:
-        raise PattersolveError(f"could not write {path}: {exc.strerror or exc}",
-                               "check the disk and the folder's permissions",
-                               ExitCode.OUTPUT) from None
-    return Path(path)
+from .transaction import write_atomic
 
 
 def _label(text: str) -> str:
     return text[:80].ljust(80)
 
 
-def write_ccp4_map(path: str | os.PathLike[str], rho: np.ndarray, cell: gemmi.UnitCell,
-                   spacegroup: gemmi.SpaceGroup, title: str, overwrite: bool = False) -> Path:
-    """Write a full-cell CCP4 map: mode 2, NSTART 0, axes 1,2,3, header statistics, a label.
+def ccp4_map(rho: np.ndarray, cell: gemmi.UnitCell, spacegroup: gemmi.SpaceGroup, title: str
+             ) -> gemmi.Ccp4Map:
+    """A full-cell CCP4 map: mode 2, NSTART 0, axes 1,2,3, header statistics, a label.
 
     ``rho`` is ``(nu, nv, nw)`` over the P1 cell (gemmi's grid layout).
     """
@@ -86,11 +38,13 @@ def write_ccp4_map(path: str | os.PathLike[str], rho: np.ndarray, cell: gemmi.Un
     ccp4.update_ccp4_header(2, True)
     ccp4.set_header_i32(56, 1)  # NLABL
     ccp4.set_header_str(57, _label(f"{PROGRAM} {__version__}: {title}"))
+    return ccp4
 
-    def writer(tmp: str) -> None:
-        ccp4.write_ccp4_map(tmp)
 
-    return write_atomic(path, writer, overwrite)
+def write_ccp4_map(path: str | os.PathLike[str], rho: np.ndarray, cell: gemmi.UnitCell,
+                   spacegroup: gemmi.SpaceGroup, title: str, overwrite: bool = False) -> Path:
+    """Write :func:`ccp4_map` to ``path`` atomically."""
+    return write_atomic(path, ccp4_map(rho, cell, spacegroup, title).write_ccp4_map, overwrite)
 
 
 def lookup_p1(hkl: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -109,9 +63,41 @@ def lookup_p1(hkl: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndar
     return out
 
 
-def write_phased_mtz(
-    path: str | os.PathLike[str],
-    source: gemmi.Mtz,
+def text_history(mtz: gemmi.Mtz | None) -> list[str]:
+    """The MTZ's history lines; lines gemmi cannot decode (not UTF-8) are left out."""
+    if mtz is None:
+        return []
+    try:
+        return list(mtz.history)
+    except UnicodeDecodeError:
+        return []
+
+
+def source_dataset(source: gemmi.Mtz | None, label: str | None = None) -> gemmi.Mtz.Dataset | None:
+    """The dataset of the input that holds ``label`` (else its first non-base dataset)."""
+    if source is None:
+        return None
+    if label is not None:
+        col = source.column_with_label(label)
+        if col is not None and col.dataset_id != 0:
+            return source.dataset(col.dataset_id)
+    return next((d for d in source.datasets if d.id != 0), None)
+
+
+def _copy_dataset(mtz: gemmi.Mtz, src: gemmi.Mtz.Dataset | None, cell: gemmi.UnitCell) -> None:
+    """Add the output's dataset: names and wavelength of the input's (base dataset alike)."""
+    ds = mtz.add_dataset(src.dataset_name if src else PROGRAM)
+    if src is not None:
+        ds.project_name = src.project_name
+        ds.crystal_name = src.crystal_name
+        ds.wavelength = src.wavelength
+        # one wavelength in the file: readers such as reciprocalspaceship warn otherwise
+        mtz.datasets[0].wavelength = src.wavelength
+    ds.cell = cell
+
+
+def phased_mtz(
+    source: gemmi.Mtz | None,
     hkl: np.ndarray,
     amplitude: np.ndarray,
     sigma: np.ndarray | None,
@@ -121,9 +107,11 @@ def write_phased_mtz(
     hl: Sequence[np.ndarray],
     spacegroup: gemmi.SpaceGroup,
     history: str,
-    overwrite: bool = False,
-) -> Path:
-    """Write a phased MTZ that Coot opens without flags.
+    *,
+    cell: gemmi.UnitCell | None = None,
+    source_label: str | None = None,
+) -> gemmi.Mtz:
+    """A phased MTZ that Coot opens without flags.
 
     Columns: FP, SIGFP (if known), FreeR_flag (if known), FWT/PHWT (``m |Fo|``, the
     best map), PHIB/FOM and HLA-HLD.
@@ -131,24 +119,24 @@ def write_phased_mtz(
     Parameters
     ----------
     source
-        The input MTZ (cell, dataset names, wavelength, history are copied).
+        The input MTZ (dataset names, wavelength and history are copied), or None.
     hkl, amplitude, sigma, free
         Reflections to write, in ``spacegroup``'s asymmetric unit (or the P1 half-sphere).
     f_model
         Complex structure factors of the solution (their phases are written).
     fom, hl
         Figure of merit and Hendrickson-Lattman coefficients per reflection.
+    cell
+        The unit cell (default: the source's).
+    source_label
+        The input column the amplitudes came from: its dataset's names and wavelength are the
+        ones copied.
     """
+    cell = cell if cell is not None else source.cell
     mtz = gemmi.Mtz(with_base=True)
     mtz.spacegroup = spacegroup
-    mtz.set_cell_for_all(source.cell)
-    ds_src = next((d for d in source.datasets if d.id != 0), None)
-    ds = mtz.add_dataset(ds_src.dataset_name if ds_src else "pattersolve")
-    if ds_src is not None:
-        ds.project_name = ds_src.project_name
-        ds.crystal_name = ds_src.crystal_name
-        ds.wavelength = ds_src.wavelength
-    ds.cell = source.cell
+    mtz.set_cell_for_all(cell)
+    _copy_dataset(mtz, source_dataset(source, source_label), cell)
     phase = np.degrees(np.angle(f_model))
     cols: list[tuple[str, str, np.ndarray]] = [("FP", "F", amplitude)]
     if sigma is not None:
@@ -168,18 +156,20 @@ def write_phased_mtz(
     mtz.update_reso()
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M")
     lines = [f"From {PROGRAM} {__version__}, {stamp}: {history}"[:80]]
-    mtz.history = (lines + list(source.history))[:30]
+    mtz.history = (lines + text_history(source))[:30]
     mtz.title = f"{PROGRAM} {__version__} phases"
-
-    def writer(tmp: str) -> None:
-        mtz.write_to_file(tmp)
-
-    return write_atomic(path, writer, overwrite)
+    return mtz
 
 
-def write_json(path: str | os.PathLike[str], data: dict[str, Any], overwrite: bool = False
-               ) -> Path:
-    """Write the JSON summary (numpy scalars converted)."""
+def write_phased_mtz(path: str | os.PathLike[str], source: gemmi.Mtz | None, *args: Any,
+                     overwrite: bool = False, **kwargs: Any) -> Path:
+    """Write :func:`phased_mtz` (same arguments) to ``path`` atomically."""
+    mtz = phased_mtz(source, *args, **kwargs)
+    return write_atomic(path, mtz.write_to_file, overwrite)
+
+
+def json_text(data: dict[str, Any]) -> str:
+    """The JSON summary as text (numpy scalars and arrays, paths converted)."""
 
     def default(o: Any) -> Any:
         if isinstance(o, np.generic):
@@ -190,10 +180,11 @@ def write_json(path: str | os.PathLike[str], data: dict[str, Any], overwrite: bo
             return str(o)
         raise TypeError(f"not JSON serialisable: {type(o)}")
 
-    text = json.dumps(data, indent=2, default=default) + "\n"
+    return json.dumps(data, indent=2, default=default) + "\n"
 
-    def writer(tmp: str) -> None:
-        Path(tmp).write_text(text)
 
-    return write_atomic(path, writer, overwrite)
-
+def write_json(path: str | os.PathLike[str], data: dict[str, Any], overwrite: bool = False
+               ) -> Path:
+    """Write the JSON summary atomically."""
+    text = json_text(data)
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text), overwrite)

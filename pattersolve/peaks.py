@@ -17,8 +17,8 @@ import gemmi
 import numpy as np
 
 from .errors import ExitCode, PattersolveError
-from .output import write_atomic
 from .settings import PEAK_MIN_DISTANCE
+from .transaction import write_atomic
 
 __all__ = ["Peaks", "find_peaks", "write_peaks_pdb", "symmetry_images", "min_distances"]
 
@@ -147,13 +147,13 @@ def find_peaks(rho: np.ndarray, cell: gemmi.UnitCell,
     return Peaks(frac=frac_k, cart=frac_k @ orth.T, height=h, sigma=(h - rho.mean()) / rms)
 
 
-def write_peaks_pdb(path: str | Path, peaks: Peaks, cell: gemmi.UnitCell,
-                    spacegroup: gemmi.SpaceGroup | None = None, element: str = "O",
-                    overwrite: bool = True) -> Path:
-    """Write peaks as HETATM records (residue PEK, chain A) with a CRYST1 record.
+def peaks_structure(peaks: Peaks, cell: gemmi.UnitCell,
+                    spacegroup: gemmi.SpaceGroup | None = None, element: str = "O"
+                    ) -> gemmi.Structure:
+    """Peaks as a :class:`gemmi.Structure`: HETATM records (residue PEK, chain A), CRYST1.
 
     The B-factor column holds the peak height in r.m.s. units (capped at 999.99), the
-    occupancy 1.00. Written to a temporary file beside ``path`` and renamed (atomic).
+    occupancy 1.00.
     """
     st = gemmi.Structure()
     st.cell = cell
@@ -177,4 +177,12 @@ def write_peaks_pdb(path: str | Path, peaks: Peaks, cell: gemmi.UnitCell,
     model.add_chain(chain)
     st.add_model(model)
     st.setup_entities()
+    return st
+
+
+def write_peaks_pdb(path: str | Path, peaks: Peaks, cell: gemmi.UnitCell,
+                    spacegroup: gemmi.SpaceGroup | None = None, element: str = "O",
+                    overwrite: bool = True) -> Path:
+    """Write :func:`peaks_structure` as a PDB file, atomically."""
+    st = peaks_structure(peaks, cell, spacegroup, element)
     return write_atomic(path, st.write_pdb, overwrite)

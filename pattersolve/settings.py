@@ -1,6 +1,6 @@
 """Constants in one place: label priorities, default spacings, limits.
 
-Column priorities follow ../shared/docs/CONVENTIONS.md (as cctbx and meteor do).
+Column priorities follow docs/conventions.md (as cctbx and meteor do).
 """
 
 from __future__ import annotations
@@ -117,3 +117,7 @@ HAND_MAX_CENTROSYMMETRY = 0.85
 #: 68 in 2-noise and 2-lowres, where the network alone is near the random floor (R 0.63-0.83)
 #: and its "hand" was the true one 30 times.
 HAND_MAX_NETWORK_RESIDUAL = 0.60
+
+# --- progress of long work (pattersolve.progress) ----------------------------------------------
+PROGRESS_DELAY = 3.0  # s: no progress shown for work shorter than this
+PROGRESS_EVERY = 10.0  # s: between progress lines in a log (not a terminal)

@@ -144,15 +144,17 @@ def test_help_is_fast_and_has_examples():
 
 
 def test_failure_while_writing_leaves_no_outputs(tmp_path, capsys, alaala_mtz, monkeypatch):
-    """The map is written first; if the MTZ then fails (disk full, say), the map goes too."""
+    """The map is staged first; if the MTZ then fails (disk full, say), the map goes too."""
+    import errno
+
     from pattersolve import output
-    from pattersolve.errors import PattersolveError
 
-    def disk_full(*args, **kwargs):
-        raise PattersolveError("could not write o.mtz: No space left on device",
-                               "check the disk", ExitCode.OUTPUT)
+    class FullDisk:
+        def write_to_file(self, path):
+            open(path, "wb").write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(output, "write_phased_mtz", disk_full)
+    monkeypatch.setattr(output, "phased_mtz", lambda *a, **k: FullDisk())
     data, _ = alaala_mtz
     code, err = run_cli([data, "-o", tmp_path / "o.map", "--method", "classical",
                          "--cycles", "20", "--starts", "1"], capsys)

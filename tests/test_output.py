@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from pattersolve.errors import ExitCode, PattersolveError
-from pattersolve.output import write_atomic, write_ccp4_map, write_json, write_phased_mtz
+from pattersolve.output import write_ccp4_map, write_json, write_phased_mtz
 from pattersolve.phases import fom_to_hl
-from pattersolve.simulate import density_map
+from pattersolve.fourier import density_map
+from pattersolve.transaction import write_atomic
 
 
 def test_ccp4_map_validates_with_mrcfile(tmp_path, alaala):
@@ -82,8 +83,9 @@ def test_failed_write_leaves_nothing(tmp_path):
             f.write("partial")
         raise RuntimeError("disk on fire")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(PattersolveError) as err:  # gemmi reports a full disk this way
         write_atomic(out, boom)
+    assert err.value.exit_code == ExitCode.OUTPUT and "disk on fire" in str(err.value)
     assert list(tmp_path.iterdir()) == []
 
 
