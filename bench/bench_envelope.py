@@ -79,8 +79,8 @@ SHARPEN_B = 10.0
 def superposition_minimum(hkl: np.ndarray, amplitude: np.ndarray, cell: gemmi.UnitCell,
                           shape: tuple[int, int, int]) -> np.ndarray:
     """min(P(x), P(x - u)) of the sharpened Patterson, u its highest non-origin peak."""
+    from pattersolve.fourier import d_spacings, patterson_map
     from pattersolve.peaks import find_peaks
-    from pattersolve.simulate import d_spacings, patterson_map
 
     i = amplitude.astype(np.float64) ** 2
     d = d_spacings(cell, hkl)
@@ -111,11 +111,12 @@ def _rows() -> list[str]:
 
 
 def run(n: int, split: str, seed: int) -> dict:
+    from pattersolve.fourier import density_map, estimate_f000_sq
     from pattersolve.peaks import find_peaks
     from pattersolve.phasematch import match_phases
     from pattersolve.refine import packing_estimate, refine_phases
     from pattersolve.runtime import Predictor, list_models
-    from pattersolve.simulate import density_map, envelope_mask, estimate_f000_sq
+    from pattersolve.simulate import envelope_mask
     from pattersolve.solve import predict
 
     regime = REGIMES["hard"]

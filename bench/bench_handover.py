@@ -38,11 +38,12 @@ from bench_phasing import (  # noqa: E402
     report,
 )
 
+from pattersolve.fourier import density_map  # noqa: E402
 from pattersolve.phasematch import match_phases  # noqa: E402
 from pattersolve.phases import phases_from_density  # noqa: E402
 from pattersolve.refine import refine_phases  # noqa: E402
 from pattersolve.reflections import Reflections  # noqa: E402
-from pattersolve.simulate import density_map, random_rotation  # noqa: E402
+from pattersolve.simulate import random_rotation  # noqa: E402
 from pattersolve.synthetic import degraded_prediction, simulate_fragment  # noqa: E402
 
 REGIME = REGIMES["hard"]

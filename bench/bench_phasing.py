@@ -40,9 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from pattersolve.fourier import d_spacings
 from pattersolve.phasematch import match_phases, random_phase_floor
 from pattersolve.reflections import Reflections
-from pattersolve.simulate import d_spacings, random_rotation
+from pattersolve.simulate import random_rotation
 from pattersolve.solve import solve
 from pattersolve.synthetic import simulate_fragment
 

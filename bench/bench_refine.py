@@ -24,8 +24,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from pattersolve import fourier, synthetic  # noqa: E402
 from pattersolve import simulate as sim  # noqa: E402
-from pattersolve import synthetic  # noqa: E402
 from pattersolve.phasematch import match_phases, random_phase_floor  # noqa: E402
 from pattersolve.refine import refine_phases  # noqa: E402
 
@@ -37,7 +37,7 @@ def _example(cell_length: float, seed: int, d_min: float, spacing: float):
     sd = synthetic.simulate_fragment(ELEMENTS, ALA_ALA, d_min, cell_lengths=[cell_length] * 3,
                                      rotation=sim.random_rotation(rng))
     cell = sd.placement.cell
-    shape = sim.grid_shape_for_spacing(cell, spacing)
+    shape = fourier.grid_shape_for_spacing(cell, spacing)
     pred, _ = synthetic.degraded_prediction(cell, sd.hkl, sd.f, shape, rng)
     return cell, sd.hkl, sd.f, shape, pred
 
@@ -68,7 +68,7 @@ def main() -> None:
                 per_start.append(statistics.mean(s["seconds"] for s in res.starts))
                 m = match_phases(hkl, f, res.f, cell)
                 if mode == "hybrid":
-                    f_pred = sim.structure_factors_from_map(pred, hkl, cell.volume)
+                    f_pred = fourier.structure_factors_from_map(pred, hkl, cell.volume)
                     before.append(match_phases(hkl, f, f_pred, cell).weighted_error)
                 errs.append(m.weighted_error)
                 ccs.append(m.map_cc)

@@ -47,11 +47,11 @@ RULES = ("residual", "prediction", "consensus", "oracle")
 
 
 def run(regime_name: str, n: int, n_starts: int, split: str, seed: int) -> dict:
+    from pattersolve.fourier import density_map
     from pattersolve.phasematch import match_phases
     from pattersolve.phases import centrosymmetry
     from pattersolve.refine import refine_phases
     from pattersolve.runtime import Predictor, list_models
-    from pattersolve.simulate import density_map
     from pattersolve.solve import predict
 
     regime = REGIMES[regime_name]

@@ -63,17 +63,18 @@ def bench_prepare(entries: list[tuple[str, str, bytes]], dialanine: bool) -> tup
 
 
 def bench_numpy_maps(frags: list, reps: int = 30) -> float:
+    from pattersolve import fourier as F
     from pattersolve import simulate as S
 
     cell = S.orthorhombic_cell((10.0, 10.0, 10.0))
-    hkl = S.miller_sphere(cell, 1.5)
-    shape = S.grid_shape_for_spacing(cell, 0.5)
+    hkl = F.miller_sphere(cell, 1.5)
+    shape = F.grid_shape_for_spacing(cell, 0.5)
     t0 = time.perf_counter()
     for frag in frags[:reps]:
         p = S.place_fragment(frag.xyz, frag.elements, cell_lengths=(10.0, 10.0, 10.0))
         f = S.structure_factors(p.frac, frag.elements, 15.0, cell, hkl)
-        S.scale_to_unit_range(S.density_map(hkl, f, shape, cell.volume))
-        S.scale_to_unit_range(S.patterson_map(hkl, np.abs(f) ** 2, shape, cell.volume))
+        S.scale_to_unit_range(F.density_map(hkl, f, shape, cell.volume))
+        S.scale_to_unit_range(F.patterson_map(hkl, np.abs(f) ** 2, shape, cell.volume))
     return (time.perf_counter() - t0) / min(reps, len(frags))
 
 

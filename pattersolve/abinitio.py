@@ -38,9 +38,9 @@ from .chargeflip import (
     symmetry_agreement,
 )
 from .errors import ExitCode, PattersolveError
+from .fourier import density_map
 from .peaks import Peaks, find_peaks, symmetry_images
 from .settings import ATOMIC_D_MIN, ATOMIC_MAX_VOLUME, CF_CYCLES, CF_DELTA_SIGMA, CF_STARTS
-from .simulate import density_map
 
 __all__ = ["AtomicResult", "choose_method", "solve_atomic", "expected_atoms"]
 

@@ -44,6 +44,7 @@ import gemmi
 import numpy as np
 
 from .errors import ExitCode, PattersolveError
+from .fourier import HalfGrid, density_map, reciprocal_s2, sampled_grid_shape
 from .settings import (
     CF_CYCLES,
     CF_DELTA_SIGMA,
@@ -52,7 +53,6 @@ from .settings import (
     CF_STARTS,
     CF_WEAK_FRACTION,
 )
-from .simulate import HalfGrid, density_map, reciprocal_s2
 
 __all__ = [
     "ChargeFlipResult",
@@ -103,33 +103,13 @@ def _grid_factors(spacegroup: gemmi.SpaceGroup | None) -> tuple[int, int, int]:
     return (int(f[0]), int(f[1]), int(f[2]))
 
 
-def _good_size(n: int, factor: int) -> int:
-    """Smallest m >= n, a multiple of ``factor`` (and of 2) with only factors 2, 3 and 5."""
-    step = int(np.lcm(factor, 2))
-    m = int(np.ceil(n / step) * step)
-    while True:
-        k = m
-        for p in (2, 3, 5):
-            while k % p == 0:
-                k //= p
-        if k == 1:
-            return m
-        m += step
-
-
 def grid_for_chargeflip(cell: gemmi.UnitCell, hkl: np.ndarray,
                         spacegroup: gemmi.SpaceGroup | None = None,
                         sample: float = 2.5) -> tuple[int, int, int]:
     """Grid that holds ``hkl`` (|h| < n/2), about ``d_min / sample`` spacing, FFT-friendly
     sizes compatible with the space group's translations."""
-    hmax = np.abs(np.asarray(hkl)).max(axis=0)
     d_min = float(1.0 / np.sqrt(reciprocal_s2(cell, hkl).max()))
-    facs = _grid_factors(spacegroup)
-    out = []
-    for m, length, fac in zip(hmax, (cell.a, cell.b, cell.c), facs, strict=True):
-        n = max(2 * int(m) + 1, int(np.ceil(length * sample / d_min)))
-        out.append(_good_size(n, fac))
-    return (out[0], out[1], out[2])
+    return sampled_grid_shape(cell, hkl, d_min, sample, _grid_factors(spacegroup))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import numpy as np
 
 from . import __version__
 from .errors import ExitCode, PattersolveError
+from .fourier import d_spacings
 from .output import check_writable, write_atomic, write_json
 from .phasematch import (
     PhaseMatch,
@@ -19,7 +20,6 @@ from .phasematch import (
     read_map_coefficients,
 )
 from .settings import N_RESOLUTION_BINS
-from .simulate import d_spacings
 
 PROG = "pattersolve-phasematch"
 

@@ -34,8 +34,8 @@ from __future__ import annotations
 import gemmi
 import numpy as np
 
+from .fourier import d_spacings
 from .settings import FW_MIN_PER_SHELL, FW_NODES, FW_SHELLS, FW_WIDTH
-from .simulate import d_spacings
 
 __all__ = ["french_wilson", "mean_intensity", "posterior_amplitudes"]
 

@@ -14,12 +14,8 @@ import gemmi
 import numpy as np
 
 from . import settings
-from .simulate import (
-    check_grid_holds,
-    estimate_f000_sq,
-    grid_points_limit_error,
-    patterson_map,
-)
+from .fourier import check_grid_holds, estimate_f000_sq, patterson_map, sampled_grid_shape
+from .simulate import grid_points_limit_error
 
 
 def patterson_group(spacegroup: gemmi.SpaceGroup) -> gemmi.SpaceGroup:
@@ -37,24 +33,6 @@ def patterson_group(spacegroup: gemmi.SpaceGroup) -> gemmi.SpaceGroup:
     return found
 
 
-def _smooth(n: int) -> bool:
-    for p in (2, 3, 5):
-        while n % p == 0:
-            n //= p
-    return n == 1
-
-
-def good_grid_size(minimum: int, factor: int = 1) -> int:
-    """Smallest size >= ``minimum`` with prime factors 2, 3, 5 only and divisible by ``factor``
-    (and even, so the network can pool it)."""
-    n = max(int(minimum), 2)
-    step = int(np.lcm(factor, 2))
-    n = int(np.ceil(n / step) * step)
-    while not _smooth(n):
-        n += step
-    return n
-
-
 def cell_grid_shape(cell: gemmi.UnitCell, spacegroup: gemmi.SpaceGroup, hkl: np.ndarray,
                     d_min: float, sample_rate: float = settings.MAP_SAMPLE_RATE
                     ) -> tuple[int, int, int]:
@@ -64,13 +42,9 @@ def cell_grid_shape(cell: gemmi.UnitCell, spacegroup: gemmi.SpaceGroup, hkl: np.
     allows, large enough to hold every Miller index without aliasing.
     """
     factors = spacegroup.operations().find_grid_factors()
-    hmax = np.abs(hkl).max(axis=0)
-    shape = []
-    for length, m, f in zip((cell.a, cell.b, cell.c), hmax, factors, strict=True):
-        need = max(int(np.ceil(length * sample_rate / d_min)), 2 * int(m) + 1)
-        shape.append(good_grid_size(need, f))
+    shape = sampled_grid_shape(cell, hkl, d_min, sample_rate, factors)
     grid_points_limit_error(shape, settings.MAX_GRID_POINTS, settings.BYTES_PER_GRID_POINT)
-    return (shape[0], shape[1], shape[2])
+    return shape
 
 
 def patterson(hkl: np.ndarray, intensity: np.ndarray, cell: gemmi.UnitCell,

@@ -39,6 +39,7 @@ import gemmi
 import numpy as np
 
 from .errors import ExitCode, PattersolveError
+from .fourier import d_spacings, f_on_grid, to_half_sphere
 from .phases import phase_error_deg
 from .settings import (
     MAP_COEFFICIENT_LABELS,
@@ -47,7 +48,6 @@ from .settings import (
     PHASEMATCH_OVERSAMPLE,
     PHASEMATCH_PEAKS,
 )
-from .simulate import d_spacings, f_on_grid, to_half_sphere
 
 FRACTION_THRESHOLDS: tuple[int, ...] = (15, 30, 60)
 #: Largest relative difference of cell lengths, and of angles in degrees, for two files to be

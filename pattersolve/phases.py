@@ -1,6 +1,6 @@
 """Phases from densities, figures of merit and Hendrickson-Lattman coefficients.
 
-Conventions (../shared/docs/CONVENTIONS.md): ``F(h) = sum_j f_j exp(+2 pi i h.x_j)``,
+Conventions (docs/conventions.md): ``F(h) = sum_j f_j exp(+2 pi i h.x_j)``,
 ``F = V * ifftn(rho)``. Phases are in radians unless a name says ``deg``.
 
 The FOM <-> HL conversion uses the acentric phase probability
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .simulate import structure_factors_from_map
+from .fourier import structure_factors_from_map
 
 #: Largest FOM converted to HL coefficients (m = 1 would need X = infinity).
 FOM_MAX = 0.9999

@@ -57,6 +57,15 @@ import gemmi
 import numpy as np
 
 from .errors import ExitCode, PattersolveError
+from .fourier import (
+    HalfGrid,
+    check_grid_holds,
+    d_spacings,
+    density_map,
+    estimate_f000_sq,
+    patterson_map,
+    reciprocal_s2,
+)
 from .phases import bessel_ratio, phases_from_density
 from .settings import (
     DEFAULT_CYCLES,
@@ -74,15 +83,6 @@ from .settings import (
     REFINE_SHRINKWRAP_EVERY,
     REFINE_SHRINKWRAP_THRESHOLD,
     REFINE_SIGMA_K,
-)
-from .simulate import (
-    HalfGrid,
-    check_grid_holds,
-    d_spacings,
-    density_map,
-    estimate_f000_sq,
-    patterson_map,
-    reciprocal_s2,
 )
 
 #: Phase noise (degrees, standard deviation) added to the prediction's phases per extra

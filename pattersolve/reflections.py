@@ -25,7 +25,7 @@ import numpy as np
 
 from . import frenchwilson, settings
 from .errors import ExitCode, PattersolveError
-from .simulate import d_spacings, is_half_sphere, miller_sphere
+from .fourier import d_spacings, is_half_sphere, miller_sphere
 
 
 @dataclass

@@ -1,18 +1,15 @@
 """Structure factors and maps from coordinates: the physics, implemented once.
 
-Conventions (../shared/docs/CONVENTIONS.md, same as gemmi):
+Form factors (IT92), structure factors of atoms by direct summation, fragments placed in
+cells, molecular envelopes, and :class:`TorchMapMaker`, which makes batches of density and
+Patterson maps in torch. The Fourier core these build on (reciprocal geometry, grids, maps
+<-> structure factors) and its conventions are in :mod:`pattersolve.fourier`:
 
 * ``F(h) = sum_j occ_j f_j(s) exp(-B_j s^2 / 4) exp(+2 pi i h.x_j)``, IT92 form factors,
-  ``s = 1/d``.
-* Maps are numpy arrays of shape ``(nu, nv, nw)`` indexed ``[u, v, w]`` for the fractional
-  point ``(u/nu, v/nv, w/nw)`` (gemmi's ``grid.array`` layout).
-* ``rho = fftn(F_grid).real / V`` and ``F_grid = V * ifftn(rho)``; ``fftn(rho)`` would give
-  ``F*`` (the other hand).
-* The Patterson is ``P(u) = (1/V) sum_h |F(h)|^2 cos(2 pi h.u)``, the autocorrelation of
-  the density.
+  ``s = 1/d`` (gemmi's sign convention).
 
-Used by the command (maps from measured data), the training tree (maps from PDB
-fragments, numpy and batched torch), the tests, the benchmarks and the example.
+Used by the training tree (maps from PDB fragments, numpy and batched torch), the tests, the
+benchmarks and the example.
 """
 
 from __future__ import annotations
@@ -26,7 +23,7 @@ import gemmi
 import numpy as np
 
 from .errors import ExitCode, PattersolveError
-from .settings import D_MIN_EPS
+from .fourier import check_grid_holds, miller_sphere, reciprocal_s2
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -36,7 +33,7 @@ ELEMENTS: tuple[str, ...] = ("H", "C", "N", "O", "S", "Se", "P", "Fe", "Zn", "Cl
 
 
 # ---------------------------------------------------------------------------------------------
-# form factors and reciprocal geometry
+# form factors
 # ---------------------------------------------------------------------------------------------
 @lru_cache(maxsize=64)
 def _it92(symbol: str) -> tuple[tuple[float, ...], tuple[float, ...], float]:
@@ -71,65 +68,6 @@ def form_factors(elements: Sequence[str], s2: np.ndarray) -> np.ndarray:
     stol2 = np.asarray(s2, dtype=np.float64)[None, None, :] / 4.0
     return (a[:, :, None] * np.exp(-b[:, :, None] * stol2)).sum(axis=1) + c[:, None]
 
-
-def reciprocal_s2(cell: gemmi.UnitCell, hkl: np.ndarray) -> np.ndarray:
-    """``1/d^2`` for each Miller index (vectorised ``cell.calculate_1_d2``)."""
-    frac = np.array(cell.frac.mat, dtype=np.float64)  # cart -> frac
-    s = np.asarray(hkl, dtype=np.float64) @ frac  # rows: (M^T h)^T
-    return np.einsum("ij,ij->i", s, s)
-
-
-def d_spacings(cell: gemmi.UnitCell, hkl: np.ndarray) -> np.ndarray:
-    """Resolution ``d`` in Angstrom of each Miller index (inf for 000)."""
-    with np.errstate(divide="ignore"):
-        return 1.0 / np.sqrt(reciprocal_s2(cell, hkl))
-
-
-def miller_sphere(cell: gemmi.UnitCell, d_min: float, half: bool = True) -> np.ndarray:
-    """All P1 Miller indices with ``d >= d_min`` (000 excluded).
-
-    Parameters
-    ----------
-    cell
-        The unit cell (any metric).
-    d_min
-        High-resolution limit in Angstrom.
-    half
-        Keep one of each Friedel pair (``h > 0``, or ``h = 0, k > 0``, or ``h = k = 0, l > 0``).
-
-    Returns
-    -------
-    numpy.ndarray
-        Integer array of shape ``(n, 3)``, sorted by h, k, l.
-    """
-    if d_min <= 0:
-        raise PattersolveError(f"d_min must be positive, got {d_min}", "give a d_min in Angstrom")
-    lim = [int(np.floor(length / (d_min - D_MIN_EPS))) for length in (cell.a, cell.b, cell.c)]
-    axes = [np.arange(-m, m + 1) for m in lim]
-    hkl = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    s2 = reciprocal_s2(cell, hkl)
-    keep = (s2 > 0) & (s2 <= 1.0 / (d_min - D_MIN_EPS) ** 2)
-    if half:
-        h, k, l = hkl.T
-        keep &= (h > 0) | ((h == 0) & (k > 0)) | ((h == 0) & (k == 0) & (l > 0))
-    return hkl[keep].astype(np.int64)
-
-
-def is_half_sphere(hkl: np.ndarray) -> np.ndarray:
-    """Boolean mask: True where ``hkl`` lies in the half-sphere :func:`miller_sphere` keeps."""
-    h, k, l = np.asarray(hkl).T
-    return (h > 0) | ((h == 0) & (k > 0)) | ((h == 0) & (k == 0) & (l > 0))
-
-
-def to_half_sphere(hkl: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Map reflections onto the half-sphere, conjugating complex values that move (Friedel)."""
-    hkl = np.asarray(hkl, dtype=np.int64)
-    keep = is_half_sphere(hkl)
-    out_hkl = np.where(keep[:, None], hkl, -hkl)
-    vals = np.asarray(values)
-    if np.iscomplexobj(vals):
-        vals = np.where(keep, vals, np.conj(vals))
-    return out_hkl, vals
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,170 +131,8 @@ def f000(elements: Sequence[str], occupancy: np.ndarray | float = 1.0) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# maps on grids (numpy)
+# envelopes and map scaling (numpy)
 # ---------------------------------------------------------------------------------------------
-def grid_shape_for_spacing(
-    cell: gemmi.UnitCell, spacing: float, multiple: int = 2
-) -> tuple[int, int, int]:
-    """Grid with about ``spacing`` Angstrom between points, each size a multiple of ``multiple``."""
-    sizes = []
-    for length in (cell.a, cell.b, cell.c):
-        n = max(multiple, int(round(length / spacing)))
-        n = int(np.ceil(n / multiple) * multiple)
-        sizes.append(n)
-    return (sizes[0], sizes[1], sizes[2])
-
-
-def check_grid_holds(hkl: np.ndarray, shape: Sequence[int]) -> None:
-    """Raise if any ``|h_i| >= n_i / 2`` (the grid would alias or hit the Nyquist plane)."""
-    hmax = np.abs(np.asarray(hkl)).max(axis=0) if len(hkl) else np.zeros(3)
-    for i, (m, n) in enumerate(zip(hmax, shape, strict=True)):
-        if 2 * m >= n:
-            raise PattersolveError(
-                f"grid size {n} along axis {'abc'[i]} cannot hold |index| {int(m)} "
-                f"(needs > {2 * int(m)})",
-                "cut the data with a larger d_min or use a finer grid",
-            )
-
-
-def f_on_grid(hkl: np.ndarray, values: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Place half-sphere values and their Friedel mates on a full reciprocal grid.
-
-    ``values`` may be complex (structure factors: mates get the conjugate) or real
-    (intensities: mates get the same value). Indices must fit (see :func:`check_grid_holds`).
-    """
-    hkl = np.asarray(hkl, dtype=np.int64)
-    values = np.asarray(values)
-    check_grid_holds(hkl, shape)
-    dtype = np.complex128 if np.iscomplexobj(values) else np.float64
-    grid = np.zeros(tuple(shape), dtype=dtype)
-    idx = tuple((hkl % np.asarray(shape)).T)
-    midx = tuple(((-hkl) % np.asarray(shape)).T)
-    grid[midx] = np.conj(values) if np.iscomplexobj(values) else values
-    grid[idx] = values
-    return grid
-
-
-class HalfGrid:
-    """Scatter/gather between half-sphere reflection lists and numpy's ``rfftn`` half grid.
-
-    The half grid has shape ``(nu, nv, nw // 2 + 1)``: the points with last index
-    ``l >= 0`` of the full reciprocal grid (``numpy.fft.rfftn`` / ``irfftn`` layout). A
-    half-sphere reflection ``h`` is stored at ``h mod n`` when ``l > 0``, as its Friedel
-    mate ``-h`` (value conjugated) when ``l < 0``, and at both places when ``l = 0``.
-
-    For a real map ``rho``: ``rfftn(rho)`` holds ``G = N/V conj(F)`` and
-    ``rho = irfftn(G) * N / V`` when the grid holds ``conj(F)`` (see :func:`density_map`).
-
-    Parameters
-    ----------
-    hkl
-        Half-sphere Miller indices ``(n, 3)`` (at most one of each Friedel pair, no 000).
-    shape
-        The full grid ``(nu, nv, nw)``; must hold the indices (:func:`check_grid_holds`).
-
-    Attributes
-    ----------
-    shape
-        The full grid ``(nu, nv, nw)``.
-    rshape
-        The half grid ``(nu, nv, nw // 2 + 1)``.
-    index
-        Half-grid position ``(iu, iv, iw)`` of each reflection (of its mate where ``l < 0``).
-    conj
-        True where the value stored at :attr:`index` is the conjugate (``l < 0``).
-    mate_rows
-        Rows of ``hkl`` with ``l = 0``, whose Friedel mate lies on the half grid too.
-    mate_index
-        Half-grid position of those mates (the stored value there is the conjugate).
-    """
-
-    def __init__(self, hkl: np.ndarray, shape: Sequence[int]) -> None:
-        hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3)
-        check_grid_holds(hkl, shape)
-        self.shape: tuple[int, int, int] = (int(shape[0]), int(shape[1]), int(shape[2]))
-        self.rshape: tuple[int, int, int] = (self.shape[0], self.shape[1],
-                                             self.shape[2] // 2 + 1)
-        n = np.asarray(self.shape, dtype=np.int64)
-        self.conj: np.ndarray = hkl[:, 2] < 0
-        h = np.where(self.conj[:, None], -hkl, hkl) % n
-        self.index: tuple[np.ndarray, np.ndarray, np.ndarray] = (h[:, 0], h[:, 1], h[:, 2])
-        self.mate_rows: np.ndarray = np.flatnonzero(hkl[:, 2] == 0)
-        m = (-hkl[self.mate_rows]) % n
-        self.mate_index: tuple[np.ndarray, np.ndarray, np.ndarray] = (m[:, 0], m[:, 1], m[:, 2])
-        self._flat = np.ravel_multi_index(self.index, self.rshape)
-        self._mate_flat = np.ravel_multi_index(self.mate_index, self.rshape)
-
-    def __len__(self) -> int:
-        return len(self.conj)
-
-    @property
-    def grid_hkl(self) -> np.ndarray:
-        """Miller index of every half-grid point, integer array ``(*rshape, 3)``."""
-        nu, nv, nw = self.shape
-        fu = np.fft.fftfreq(nu, 1.0 / nu).round().astype(np.int64)
-        fv = np.fft.fftfreq(nv, 1.0 / nv).round().astype(np.int64)
-        fw = np.arange(nw // 2 + 1, dtype=np.int64)
-        return np.stack(np.meshgrid(fu, fv, fw, indexing="ij"), axis=-1)
-
-    def scatter(self, values: np.ndarray) -> np.ndarray:
-        """Half-sphere values -> complex half grid ``rshape`` (mates conjugated, rest 0)."""
-        values = np.asarray(values, dtype=np.complex128)
-        grid = np.zeros(int(np.prod(self.rshape)), dtype=np.complex128)
-        grid[self._mate_flat] = np.conj(values[self.mate_rows])
-        grid[self._flat] = np.where(self.conj, np.conj(values), values)
-        return grid.reshape(self.rshape)
-
-    def gather(self, grid: np.ndarray) -> np.ndarray:
-        """Half grid -> values on the reflections (inverse of :meth:`scatter`).
-
-        ``grid`` has shape ``rshape`` or ``(batch, *rshape)``; the result has shape
-        ``(n,)`` or ``(batch, n)``.
-        """
-        vals = grid[(Ellipsis, *self.index)]
-        return np.where(self.conj, np.conj(vals), vals)
-
-
-def density_map(
-    hkl: np.ndarray,
-    f: np.ndarray,
-    shape: Sequence[int],
-    volume: float,
-    f000_value: float = 0.0,
-) -> np.ndarray:
-    """Electron density (e/A^3) on a grid from half-sphere structure factors.
-
-    ``rho(x) = (1/V) sum_h F(h) exp(-2 pi i h.x)`` over ``hkl``, their Friedel mates and
-    ``F(000) = f000_value`` (``fftn(F_grid).real / V``), computed by ``irfftn`` on the half
-    grid holding ``conj(F)``.
-    """
-    hg = HalfGrid(hkl, shape)
-    grid = hg.scatter(np.conj(np.asarray(f, dtype=np.complex128)))
-    grid[0, 0, 0] = f000_value
-    n = float(np.prod(hg.shape))
-    return np.fft.irfftn(grid, s=hg.shape, axes=(0, 1, 2)) * n / volume
-
-
-def patterson_map(
-    hkl: np.ndarray,
-    intensity: np.ndarray,
-    shape: Sequence[int],
-    volume: float,
-    f000_sq: float = 0.0,
-) -> np.ndarray:
-    """Patterson function on a grid from half-sphere intensities ``|F|^2``."""
-    grid = f_on_grid(hkl, np.asarray(intensity, dtype=np.float64), shape)
-    grid[0, 0, 0] = f000_sq
-    return np.fft.fftn(grid).real / volume
-
-
-def structure_factors_from_map(rho: np.ndarray, hkl: np.ndarray, volume: float) -> np.ndarray:
-    """Sample ``F(h) = V * ifftn(rho)`` at the given Miller indices."""
-    grid = np.fft.ifftn(rho) * volume
-    idx = tuple((np.asarray(hkl, dtype=np.int64) % np.asarray(rho.shape)).T)
-    return grid[idx]
-
-
 def envelope_mask(cell: gemmi.UnitCell, frac: np.ndarray, shape: Sequence[int],
                   radius: float) -> np.ndarray:
     """The molecular envelope on a grid: points within ``radius`` of any atom.
@@ -391,17 +167,6 @@ def scale_to_unit_range(x: np.ndarray) -> np.ndarray:
     if hi - lo <= 0:
         return np.zeros_like(x)
     return (2.0 * (x - lo) / (hi - lo) - 1.0).astype(x.dtype)
-
-
-def estimate_f000_sq(hkl: np.ndarray, intensity: np.ndarray, shape: Sequence[int],
-                     volume: float) -> float:
-    """Estimate ``|F(000)|^2`` as the constant that makes the Patterson non-negative.
-
-    F000 is never measured; PHASING_NOTES.md found this estimate within 0.90-1.07 of the
-    truth on clean data.
-    """
-    p0 = patterson_map(hkl, intensity, shape, volume)
-    return float(max(0.0, -p0.min()) * volume)
 
 
 # ---------------------------------------------------------------------------------------------

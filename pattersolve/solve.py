@@ -38,16 +38,16 @@ from typing import Any
 import numpy as np
 
 from . import settings
-from .phases import centrosymmetry
-from .refine import amplitude_residual, sigmaa_fom
-from .reflections import Reflections
-from .simulate import (
+from .fourier import (
     density_map,
     grid_shape_for_spacing,
     patterson_map,
-    scale_to_unit_range,
     structure_factors_from_map,
 )
+from .phases import centrosymmetry
+from .refine import amplitude_residual, sigmaa_fom
+from .reflections import Reflections
+from .simulate import scale_to_unit_range
 
 log = logging.getLogger("pattersolve")
 

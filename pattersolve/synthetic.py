@@ -12,15 +12,8 @@ from dataclasses import dataclass
 import gemmi
 import numpy as np
 
-from .simulate import (
-    Placement,
-    density_map,
-    miller_sphere,
-    place_fragment,
-    reciprocal_s2,
-    scale_to_unit_range,
-    structure_factors,
-)
+from .fourier import density_map, miller_sphere, reciprocal_s2
+from .simulate import Placement, place_fragment, scale_to_unit_range, structure_factors
 
 #: An Ala-Ala dipeptide (residues 113-114 of PDB 1AKZ, a test-split entry, truncated at CB):
 #: element, Cartesian x, y, z (A). Used as a small fixed example; real fragments come from

@@ -118,7 +118,8 @@ def test_overwrite_flag_replaces_on_purpose(tmp_path, alaala_mtz):
 def _p21_crystal(tmp_path):
     """Two Ala-Ala copies related by the 2(1) screw in a P2(1) cell, data in the ASU."""
     from pattersolve import synthetic
-    from pattersolve.simulate import miller_sphere, structure_factors
+    from pattersolve.fourier import miller_sphere
+    from pattersolve.simulate import structure_factors
 
     els, xyz = synthetic.ala_ala()
     cell = gemmi.UnitCell(12, 16, 12, 90, 100, 90)

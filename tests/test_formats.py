@@ -135,8 +135,9 @@ def test_sf_cif_errors(tmp_path):
 
 
 def test_peaks_symmetry_merge_and_pdb(tmp_path):
+    from pattersolve.fourier import density_map, miller_sphere
     from pattersolve.peaks import find_peaks, write_peaks_pdb
-    from pattersolve.simulate import density_map, miller_sphere, structure_factors
+    from pattersolve.simulate import structure_factors
 
     cell = gemmi.UnitCell(6, 7, 8, 90, 95, 90)
     sg = gemmi.SpaceGroup("P 1 21 1")

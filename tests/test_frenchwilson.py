@@ -8,8 +8,8 @@ import gemmi
 import numpy as np
 import pytest
 
+from pattersolve.fourier import d_spacings, miller_sphere
 from pattersolve.frenchwilson import french_wilson, mean_intensity, posterior_amplitudes
-from pattersolve.simulate import d_spacings, miller_sphere
 
 # French & Wilson (1978) tables as CCP4's ctruncate carries them: E(F) / sqrt(sigma) and
 # sd(F) / sqrt(sigma) against h = I/sigma - sigma/S (acentric) or I/sigma - sigma/(2S) (centric).

@@ -21,6 +21,7 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA device: the GPU paths are checked on a GPU machine only",
                 allow_module_level=True)
 
+from pattersolve import fourier  # noqa: E402
 from pattersolve import simulate as sim  # noqa: E402
 from pattersolve.phasematch import match_phases  # noqa: E402
 from pattersolve.refine import refine_phases  # noqa: E402
@@ -36,7 +37,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_torch_map_maker_cuda_matches_cpu(alaala):
     cell = alaala.placement.cell
-    shape = sim.grid_shape_for_spacing(cell, 0.5)
+    shape = fourier.grid_shape_for_spacing(cell, 0.5)
     frac = torch.as_tensor(alaala.placement.frac[None], dtype=torch.float64)
     el = torch.as_tensor([[sim.ELEMENTS.index(e) for e in alaala.elements]])
     b = torch.full(frac.shape[:2], 15.0, dtype=torch.float64)
@@ -79,7 +80,7 @@ def test_onnx_runtime_cuda_matches_cpu():
 
 def test_refinement_on_cuda_solves_like_cpu(alaala):
     cell = alaala.placement.cell
-    shape = sim.grid_shape_for_spacing(cell, 0.6)
+    shape = fourier.grid_shape_for_spacing(cell, 0.6)
     res = {dev: refine_phases(alaala.hkl, np.abs(alaala.f), cell, shape, n_starts=4, rng=1,
                               device=dev) for dev in ("torch", "cuda")}
     for r in res.values():

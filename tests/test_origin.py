@@ -6,8 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from pattersolve.fourier import density_map
 from pattersolve.phasematch import match_phases
-from pattersolve.simulate import density_map
 from pattersolve.solve import Solution, place_in_cell
 
 

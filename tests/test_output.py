@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from pattersolve.errors import ExitCode, PattersolveError
+from pattersolve.fourier import density_map
 from pattersolve.output import write_ccp4_map, write_json, write_phased_mtz
 from pattersolve.phases import fom_to_hl
-from pattersolve.fourier import density_map
 from pattersolve.transaction import write_atomic
 
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from pattersolve import synthetic
-from pattersolve.patterson import cell_grid_shape, good_grid_size, patterson, patterson_group
+from pattersolve.fourier import good_grid_size, miller_sphere
+from pattersolve.patterson import cell_grid_shape, patterson, patterson_group
 from pattersolve.reflections import read_reflections
-from pattersolve.simulate import miller_sphere, structure_factors
+from pattersolve.simulate import structure_factors
 
 
 def _brute_force(hkl_full, inten_full, cell, shape, points):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from pattersolve import fourier
 from pattersolve import simulate as sim
 from pattersolve.cli_phasematch import main
 from pattersolve.errors import PattersolveError
@@ -36,7 +37,7 @@ def _p1_fragment(cell_length=10.0, d_min=1.5, seed=0):
     rng = np.random.default_rng(seed)
     pl = sim.place_fragment(ALA_ALA, ELEMENTS, cell_lengths=[cell_length] * 3,
                             rotation=sim.random_rotation(rng))
-    hkl = sim.miller_sphere(pl.cell, d_min)
+    hkl = fourier.miller_sphere(pl.cell, d_min)
     return pl, hkl, sim.structure_factors(pl.frac, ELEMENTS, 15.0, pl.cell, hkl)
 
 
@@ -56,14 +57,14 @@ def _p21_structure_factors(d_min=2.0, shift=(0.0, 0.0, 0.0)):
     """ASU and P1 half-sphere F by brute force for the P2(1) model moved by ``shift``."""
     frac, elements = _p21_model()
     frac = frac + np.asarray(shift)
-    full = sim.miller_sphere(P21_CELL, d_min, half=False)
+    full = fourier.miller_sphere(P21_CELL, d_min, half=False)
     asu = gemmi.ReciprocalAsu(P21)
     ops = P21.operations()
     in_asu = np.array([asu.is_in(list(map(int, h))) and not ops.is_systematically_absent(
         list(map(int, h))) for h in full])
     hkl_asu = full[in_asu]
     f_asu = sim.structure_factors(frac, elements, 15.0, P21_CELL, hkl_asu)
-    hkl_p1 = sim.miller_sphere(P21_CELL, d_min)
+    hkl_p1 = fourier.miller_sphere(P21_CELL, d_min)
     absent = np.array([ops.is_systematically_absent(list(map(int, h))) for h in hkl_p1])
     hkl_p1 = hkl_p1[~absent]
     f_p1 = sim.structure_factors(frac, elements, 15.0, P21_CELL, hkl_p1)
@@ -138,11 +139,11 @@ def _brute_force_in_group(sg, cell, d_min=2.2):
     frac0 = np.array([cell.fractionalize(gemmi.Position(*x)).tolist() for x in cart])
     frac = np.vstack([[op.apply_to_xyz(list(x)) for x in frac0] for op in sg.operations()])
     elements = ELEMENTS * len(list(sg.operations()))
-    full = sim.miller_sphere(cell, d_min, half=False)
+    full = fourier.miller_sphere(cell, d_min, half=False)
     asu, ops = gemmi.ReciprocalAsu(sg), sg.operations()
     hkl_asu = np.array([h for h in full if asu.is_in(list(map(int, h)))
                         and not ops.is_systematically_absent(list(map(int, h)))])
-    hkl_p1 = np.array([h for h in sim.miller_sphere(cell, d_min)
+    hkl_p1 = np.array([h for h in fourier.miller_sphere(cell, d_min)
                        if not ops.is_systematically_absent(list(map(int, h)))])
     f_asu = sim.structure_factors(frac, elements, 15.0, cell, hkl_asu)
     return hkl_asu, f_asu, hkl_p1, sim.structure_factors(frac, elements, 15.0, cell, hkl_p1)
@@ -245,7 +246,7 @@ def test_cli_refuses_to_overwrite_outputs(tmp_path, alaala_mtz):
 def _p1_and_p21_files(tmp_path, t=(0.23, 0.37, 0.11), p1_cell=P21_CELL):
     """(P2(1) file with ASU data, P1 file with the whole half sphere moved by ``t``)."""
     hkl_asu, f_asu, _, _ = _p21_structure_factors()
-    hkl_p1 = sim.miller_sphere(P21_CELL, 2.0)  # systematic absences included, as written
+    hkl_p1 = fourier.miller_sphere(P21_CELL, 2.0)  # systematic absences included, as written
     frac, elements = _p21_model()
     f_p1 = sim.structure_factors(frac + np.asarray(t), elements, 15.0, P21_CELL, hkl_p1)
     sym, p1 = tmp_path / "p21.mtz", tmp_path / "p1.mtz"
@@ -307,7 +308,7 @@ def test_expand_to_p1_agrees_with_gemmi_mtz_expand_to_p1(tmp_path):
     mtz = gemmi.read_mtz_file(str(sym))
     mtz.expand_to_p1()
     data = np.asarray(mtz.array, dtype=np.float64)
-    g_hkl, g_f = sim.to_half_sphere(data[:, :3].astype(np.int64),
+    g_hkl, g_f = fourier.to_half_sphere(data[:, :3].astype(np.int64),
                                     data[:, 3] * np.exp(1j * np.radians(data[:, 4])))
     table = {tuple(h): v for h, v in zip(g_hkl.tolist(), g_f, strict=True)}
     assert len(table) == len(hkl)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pattersolve import fourier, synthetic
 from pattersolve import simulate as sim
-from pattersolve import synthetic
 from pattersolve.errors import ExitCode, PattersolveError
 from pattersolve.phasematch import align_phases, match_phases
 from pattersolve.phases import phase_error_deg
@@ -21,7 +21,7 @@ def _fragment(cell_length=10.0, d_min=1.5, seed=0, spacing=0.6):
     sd = synthetic.simulate_fragment(ELEMENTS, ALA_ALA, d_min, cell_lengths=[cell_length] * 3,
                                      rotation=sim.random_rotation(rng))
     cell = sd.placement.cell
-    return cell, sd.hkl, sd.f, sim.grid_shape_for_spacing(cell, spacing)
+    return cell, sd.hkl, sd.f, fourier.grid_shape_for_spacing(cell, spacing)
 
 
 def _degraded_prediction(cell, hkl, f, shape, seed=0):
@@ -65,7 +65,7 @@ def test_classical_random_start_solves_ala_ala(ala10):
 
 def test_refinement_from_true_phases_stays(ala10):
     cell, hkl, f, shape = ala10
-    rho = sim.density_map(hkl, f, shape, cell.volume, sim.f000(ELEMENTS))
+    rho = fourier.density_map(hkl, f, shape, cell.volume, sim.f000(ELEMENTS))
     start = np.maximum(rho, 0.0) ** 1.5  # true phases, distorted amplitudes
     res = refine_phases(hkl, np.abs(f), cell, shape, start_density=start, n_starts=1, rng=0)
     assert res.chosen == 0  # the refined model beats its own start
@@ -77,7 +77,7 @@ def test_refinement_from_true_phases_stays(ala10):
 
 def test_unrefined_start_is_a_candidate(ala10):
     cell, hkl, f, shape = ala10
-    rho = sim.density_map(hkl, f, shape, cell.volume, sim.f000(ELEMENTS))
+    rho = fourier.density_map(hkl, f, shape, cell.volume, sim.f000(ELEMENTS))
     # the exact map has residual 0: no refined start can beat it, so it is returned as is
     res = refine_phases(hkl, np.abs(f), cell, shape, start_density=rho, n_starts=2, rng=0)
     assert res.chosen == -1 and res.residual_final == pytest.approx(0.0, abs=1e-9)

@@ -8,9 +8,9 @@ import pytest
 
 from pattersolve import synthetic
 from pattersolve.errors import ExitCode, PattersolveError
+from pattersolve.fourier import is_half_sphere, miller_sphere
 from pattersolve.frenchwilson import french_wilson
 from pattersolve.reflections import expand_to_p1_half, read_reflections
-from pattersolve.simulate import is_half_sphere, miller_sphere
 
 
 @pytest.fixture()

@@ -7,6 +7,7 @@ import gemmi
 import numpy as np
 import pytest
 
+from pattersolve.fourier import miller_sphere, patterson_map
 from pattersolve.reflections import Reflections
 from pattersolve.rotations import (
     distinct_rotations,
@@ -15,12 +16,7 @@ from pattersolve.rotations import (
     rotate_map,
     rotation_averaged,
 )
-from pattersolve.simulate import (
-    miller_sphere,
-    patterson_map,
-    scale_to_unit_range,
-    structure_factors,
-)
+from pattersolve.simulate import scale_to_unit_range, structure_factors
 
 
 @pytest.mark.parametrize(("params", "shape", "count"), [

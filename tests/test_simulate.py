@@ -6,6 +6,7 @@ import gemmi
 import numpy as np
 import pytest
 
+from pattersolve import fourier as F
 from pattersolve import simulate as S
 from pattersolve.errors import PattersolveError
 
@@ -44,7 +45,7 @@ def _gemmi_model(cell, frac, els, b):
 
 def test_structure_factors_match_gemmi_oblique_cell():
     cell, frac, els, b = _random_structure()
-    hkl = S.miller_sphere(cell, 1.5)
+    hkl = F.miller_sphere(cell, 1.5)
     f = S.structure_factors(frac, els, b, cell, hkl)
     st = _gemmi_model(cell, frac, els, b)
     calc = gemmi.StructureFactorCalculatorX(cell)
@@ -56,7 +57,7 @@ def test_density_matches_gemmi_density_calculator():
     """Band-limited density from our F equals gemmi's DensityCalculatorX cut at d_min."""
     cell, frac, els, b = _random_structure(1)
     d_min = 2.0
-    hkl = S.miller_sphere(cell, d_min)
+    hkl = F.miller_sphere(cell, d_min)
     f = S.structure_factors(frac, els, b, cell, hkl)
     st = _gemmi_model(cell, frac, els, b)
     dc = gemmi.DensityCalculatorX()
@@ -65,21 +66,21 @@ def test_density_matches_gemmi_density_calculator():
     dc.grid.setup_from(st)
     dc.put_model_density_on_grid(st[0])
     rho_g = np.array(dc.grid, copy=True)
-    f_g = S.structure_factors_from_map(rho_g, hkl, cell.volume)
+    f_g = F.structure_factors_from_map(rho_g, hkl, cell.volume)
     assert np.abs(f_g - f).max() / np.abs(f).max() < 1e-3  # gemmi's density is cut at a radius
-    rho = S.density_map(hkl, f, rho_g.shape, cell.volume)
-    rho_gb = S.density_map(hkl, f_g, rho_g.shape, cell.volume)
+    rho = F.density_map(hkl, f, rho_g.shape, cell.volume)
+    rho_gb = F.density_map(hkl, f_g, rho_g.shape, cell.volume)
     assert np.corrcoef(rho.ravel(), rho_gb.ravel())[0, 1] > 0.99999
 
 
 def test_sign_convention_fftn_gives_the_other_hand():
     """numpy's fftn(rho) gives F* (CONVENTIONS.md): our round trip must give F itself."""
     cell, frac, els, b = _random_structure(2)
-    hkl = S.miller_sphere(cell, 2.0)
+    hkl = F.miller_sphere(cell, 2.0)
     f = S.structure_factors(frac, els, b, cell, hkl)
     shape = (16, 16, 18)
-    rho = S.density_map(hkl, f, shape, cell.volume)
-    back = S.structure_factors_from_map(rho, hkl, cell.volume)
+    rho = F.density_map(hkl, f, shape, cell.volume)
+    back = F.structure_factors_from_map(rho, hkl, cell.volume)
     assert np.allclose(back, f, atol=1e-9 * np.abs(f).max())
     wrong = np.fft.fftn(rho)[tuple((hkl % np.array(shape)).T)] * cell.volume / np.prod(shape)
     assert np.allclose(wrong, np.conj(f), atol=1e-9 * np.abs(f).max())
@@ -87,11 +88,11 @@ def test_sign_convention_fftn_gives_the_other_hand():
 
 def test_patterson_is_autocorrelation_of_density():
     cell, frac, els, b = _random_structure(3)
-    hkl = S.miller_sphere(cell, 1.8)
+    hkl = F.miller_sphere(cell, 1.8)
     f = S.structure_factors(frac, els, b, cell, hkl)
     shape = (20, 20, 22)
-    rho = S.density_map(hkl, f, shape, cell.volume)
-    pat = S.patterson_map(hkl, np.abs(f) ** 2, shape, cell.volume)
+    rho = F.density_map(hkl, f, shape, cell.volume)
+    pat = F.patterson_map(hkl, np.abs(f) ** 2, shape, cell.volume)
     # P(u) = V/N sum_x rho(x) rho(x+u), by brute force over a few u
     n = np.prod(shape)
     for u in [(0, 0, 0), (3, 5, 7), (10, 1, 19)]:
@@ -110,8 +111,8 @@ def test_torch_maps_match_numpy():
                                 torch.ones(1, len(els), dtype=torch.float64))
     f = S.structure_factors(frac, els, b, cell, tm.hkl_np)
     assert np.allclose(f_t[0].numpy(), f, rtol=0, atol=1e-9 * np.abs(f).max())
-    rho = S.density_map(tm.hkl_np, f, shape, cell.volume, S.f000(els))
-    pat = S.patterson_map(tm.hkl_np, np.abs(f) ** 2, shape, cell.volume, S.f000(els) ** 2)
+    rho = F.density_map(tm.hkl_np, f, shape, cell.volume, S.f000(els))
+    pat = F.patterson_map(tm.hkl_np, np.abs(f) ** 2, shape, cell.volume, S.f000(els) ** 2)
     assert np.allclose(rho_t[0].numpy(), rho, atol=1e-9 * np.abs(rho).max())
     assert np.allclose(pat_t[0].numpy(), pat, atol=1e-9 * np.abs(pat).max())
 
@@ -131,8 +132,8 @@ def test_padding_atoms_do_not_contribute():
 
 def test_miller_sphere_counts_and_half():
     cell = gemmi.UnitCell(10, 10, 10, 90, 90, 90)
-    full = S.miller_sphere(cell, 1.5, half=False)
-    half = S.miller_sphere(cell, 1.5, half=True)
+    full = F.miller_sphere(cell, 1.5, half=False)
+    half = F.miller_sphere(cell, 1.5, half=True)
     assert len(full) == 2 * len(half) == 1236  # PHASING_NOTES: 1,236 reflections at 1.5 A
     assert not any((-h == half).all(1).any() for h in half[:50])
 
@@ -183,26 +184,26 @@ def test_scale_to_unit_range():
 def test_half_grid_round_trip_and_density_map_matches_full_fft(shape):
     """HalfGrid scatter/gather round-trips; the irfftn density equals fftn(F_grid).real / V."""
     cell, frac, els, b = _random_structure(6)
-    hkl = S.miller_sphere(cell, 1.5)
+    hkl = F.miller_sphere(cell, 1.5)
     f = S.structure_factors(frac, els, b, cell, hkl)
-    hg = S.HalfGrid(hkl, shape)
+    hg = F.HalfGrid(hkl, shape)
     assert hg.rshape == (shape[0], shape[1], shape[2] // 2 + 1)
     assert len(hg.mate_rows) and hg.conj.any() and not hg.conj.all()
     grid = hg.scatter(f)
     assert np.array_equal(hg.gather(grid), f)
     assert np.count_nonzero(grid) == len(hkl) + len(hg.mate_rows)
     # the half grid is the l >= 0 part of the full Hermitian grid
-    full = S.f_on_grid(hkl, f, shape)
+    full = F.f_on_grid(hkl, f, shape)
     assert np.array_equal(grid, full[:, :, : shape[2] // 2 + 1])
     assert np.array_equal(hg.grid_hkl[hg.index], np.where(hg.conj[:, None], -hkl, hkl))
     # batched gather
     batch = np.stack([grid, 2 * grid])
     assert np.array_equal(hg.gather(batch), np.stack([f, 2 * f]))
     # density map: same as the full-FFT formula, F000 included
-    rho = S.density_map(hkl, f, shape, cell.volume, 37.5)
+    rho = F.density_map(hkl, f, shape, cell.volume, 37.5)
     full[0, 0, 0] = 37.5
     ref = np.fft.fftn(full).real / cell.volume
     assert rho.shape == tuple(shape)
     assert np.allclose(rho, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
     with pytest.raises(PattersolveError):
-        S.HalfGrid(hkl, (8, 8, 8))
+        F.HalfGrid(hkl, (8, 8, 8))

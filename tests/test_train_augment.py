@@ -12,7 +12,8 @@ from pattersolve_train import train as T
 from pattersolve_train.data import DataConfig, FragmentMaps
 from pattersolve_train.shards import load_split
 
-from pattersolve.simulate import d_spacings, patterson_map, scale_to_unit_range
+from pattersolve.fourier import d_spacings, patterson_map
+from pattersolve.simulate import scale_to_unit_range
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 

@@ -11,13 +11,9 @@ import pytest
 import torch
 from pattersolve_train import train as T
 
+from pattersolve.fourier import density_map, grid_shape_for_spacing, structure_factors_from_map
 from pattersolve.phases import centrosymmetry
-from pattersolve.simulate import (
-    density_map,
-    grid_shape_for_spacing,
-    structure_factors,
-    structure_factors_from_map,
-)
+from pattersolve.simulate import structure_factors
 from pattersolve.synthetic import asp_ala_val, simulate_fragment
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"

@@ -42,13 +42,12 @@ from typing import TYPE_CHECKING
 import gemmi
 import numpy as np
 
+from pattersolve.fourier import d_spacings, grid_shape_for_spacing
 from pattersolve.simulate import (
     ELEMENTS,
     Placement,
     TorchMapMaker,
     clashes,
-    d_spacings,
-    grid_shape_for_spacing,
     orthorhombic_cell,
     place_fragment,
     random_rotation,

@@ -182,11 +182,11 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
     """
     import torch
 
+    from pattersolve.fourier import structure_factors_from_map
     from pattersolve.phasematch import match_phases, random_phase_floor
     from pattersolve.phases import centrosymmetry
     from pattersolve.rotations import grid_rotations, rotation_averaged
     from pattersolve.runtime import sha256_file
-    from pattersolve.simulate import structure_factors_from_map
 
     from .data import DataConfig, FragmentMaps
     from .shards import load_split, read_manifest
