@@ -3,19 +3,24 @@
 Run with ``pattersolve-train fit --config training/configs/cpu_1b.toml`` or, for several
 processes, ``torchrun --nproc_per_node 2 -m pattersolve_train.cli fit --config ...``.
 
-The pieces, in the order they are used:
+The sections, in the order a run uses them:
 
-1. :class:`TrainConfig`, loaded from TOML (:func:`load_config`);
-2. the data (:class:`pattersolve_train.data.FragmentMaps`): batch ``m`` of step ``s`` is a
-   pure function of (seed, s, m), so resuming and any DDP world size see the same examples;
-3. the learning rate (:func:`lr_at`), a pure function of the step (no scheduler state);
-4. the loss (:func:`loss_terms`): MSE + ``w`` (1 - Pearson CC), per example;
-5. the step (:func:`forward_backward`): micro-batches and cell groups accumulate gradients;
-6. checkpoints (:func:`save_checkpoint` / :func:`load_checkpoint`): safetensors for every
-   tensor (weights, optimiser moments, RNG states), JSON for the rest, both written atomically;
-   nothing is ever unpickled;
-7. :func:`fit`, the loop: evaluation, JSONL metrics, checkpoints every N steps and on
-   SIGTERM/SIGINT.
+1. config: :class:`TrainConfig`, loaded from TOML (:func:`load_config`);
+2. processes and devices: torchrun's rank and world size, the device, the machine's name;
+3. data (:class:`pattersolve_train.data.FragmentMaps`): batch ``m`` of step ``s`` is a pure
+   function of (seed, s, m), so resuming and any DDP world size see the same examples;
+4. model and optimiser: a fresh network from the seed, or weights from a model or run
+   (:func:`initialise_from`); the learning rate (:func:`lr_at`) is a pure function of the
+   step (no scheduler state);
+5. loss and step: MSE + ``w`` (1 - Pearson CC) per example (:func:`loss_terms`);
+   micro-batches and cell groups accumulate gradients (:func:`forward_backward`);
+6. evaluation: validation loss, CC and centrosymmetry (:func:`evaluate_loss`);
+7. checkpoints (:func:`save_checkpoint` / :func:`load_checkpoint`): safetensors for every
+   tensor (weights, optimiser moments, RNG states), JSON for the rest, both written
+   atomically; nothing is ever unpickled;
+8. the loop, :func:`fit`: evaluation, JSONL metrics, checkpoints every N steps and on
+   SIGTERM/SIGINT;
+9. after training: :func:`recalibrate_run` (BatchNorm statistics of a finished run).
 
 Exact resume: training N steps, stopping, resuming and training N more gives bit-identical
 weights to 2N steps in one go on CPU (tests/test_train_fit.py checks it).
@@ -31,7 +36,8 @@ import random
 import signal
 import time
 import tomllib
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -54,7 +60,7 @@ CONFIG_JSON = "config.json"
 
 
 # =============================================================================================
-# 1. configuration
+# 1. config
 # =============================================================================================
 @dataclass
 class TrainConfig:
@@ -178,9 +184,141 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
                                ExitCode.INPUT_FORMAT) from exc
 
 
+def config_for_run(run_dir: str | os.PathLike[str]) -> TrainConfig:
+    """The configuration a run was trained with (its ``config.json``)."""
+    path = Path(run_dir) / CONFIG_JSON
+    if not path.is_file():
+        raise PattersolveError(f"{run_dir} is not a training run (no {CONFIG_JSON})",
+                               "give the --out directory of `pattersolve-train fit`",
+                               ExitCode.INPUT_MISSING)
+    return TrainConfig.from_dict(json.loads(path.read_text()))
+
+
+def with_overrides(cfg: TrainConfig, **kw: Any) -> TrainConfig:
+    """A copy of ``cfg`` with some top-level fields replaced (None values ignored)."""
+    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
+
+
 # =============================================================================================
-# 2./3./4. data order, learning rate, loss
+# 2. processes and devices
 # =============================================================================================
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PattersolveError("device cuda requested but CUDA is not available",
+                                   "set run.device = 'cpu' or 'auto'", ExitCode.BACKEND)
+        if name == "cuda":
+            name = f"cuda:{local_rank}"
+    return torch.device(name)
+
+
+def start_processes(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    """This process's rank, the world size and its device (torchrun's environment).
+
+    Joins the process group when there are several processes, and applies the config's
+    thread count and the cuDNN autotuning choice.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(cfg.device, local_rank)
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    if cfg.batch_size % world:
+        raise PattersolveError(f"batch_size {cfg.batch_size} is not divisible by the world "
+                               f"size {world}", "choose a batch size divisible by the number "
+                               "of processes", ExitCode.USAGE)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    if device.type == "cuda":
+        # autotune convolutions for a fixed cell (one map shape); packed cells change shape
+        # every group, where autotuning each new shape costs more than it saves
+        torch.backends.cudnn.benchmark = cfg.data.cell is not None
+    return rank, world, device
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_description(device: torch.device) -> str:
+    """One line naming the machine (GPU name, or CPU model, the vector instruction set torch's
+    kernels use, CPU and thread count; torch version; OS).
+
+    On a CPU a re-run is bit-identical only with the same thread count and the same kernels,
+    and torch picks those by instruction set (``torch.backends.cpu.get_cpu_capability``), so
+    both are recorded.
+    """
+    if device.type == "cuda":
+        what = torch.cuda.get_device_name(device)
+    else:
+        what = (f"{cpu_model()} (torch kernels {torch.backends.cpu.get_cpu_capability()}), "
+                f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads")
+    return f"{what}; torch {torch.__version__}; {platform.platform()}"
+
+
+def hardware_segments(meta: dict[str, Any] | None, step: int, hardware: str
+                      ) -> list[dict[str, Any]]:
+    """Where each part of a run ran: the resumed checkpoint's segments (``meta``; None for a
+    new run), plus this machine from ``step`` on when it is another.
+
+    A run resumed elsewhere (another GPU, a CPU with other kernels) is not the run an
+    uninterrupted one would have been, and its card says so.
+    """
+    segments: list[dict[str, Any]] = []
+    if meta is not None:
+        segments = list(meta.get("hardware_segments")
+                        or [{"from_step": 0, "hardware": meta.get("hardware")}])
+    if not segments or segments[-1]["hardware"] != hardware:
+        segments.append({"from_step": step, "hardware": hardware})
+    return segments
+
+
+# =============================================================================================
+# 3. data
+# =============================================================================================
+def check_shards(cfg: TrainConfig) -> dict[str, Any]:
+    """The manifest of ``cfg.shards``, checked against the config's residues and length."""
+    manifest = read_manifest(cfg.shards)
+    prep = manifest["config"]
+    want_dialanine = cfg.data.residues == "dialanine"
+    if bool(prep.get("dialanine")) != want_dialanine or int(prep.get("length", 0)) != \
+            cfg.data.length:
+        raise PattersolveError(
+            f"shards {cfg.shards} hold length={prep.get('length')} "
+            f"dialanine={prep.get('dialanine')}, the config wants length={cfg.data.length} "
+            f"residues={cfg.data.residues}",
+            "prepare matching shards (pattersolve-train prepare --dialanine/--length) or "
+            "point `shards` at them", ExitCode.DATA)
+    return manifest
+
+
+def load_datasets(cfg: TrainConfig, device: torch.device) -> tuple[FragmentMaps, FragmentMaps]:
+    """The training and validation maps (``max_train_fragments`` and ``eval_examples``
+    fragments at most), computed on ``device``."""
+    train_frags = load_split(cfg.shards, "train", cfg.max_train_fragments)
+    val_frags = load_split(cfg.shards, "val", cfg.eval_examples)
+    train_ds = FragmentMaps(train_frags, cfg.data, cfg.seed, "train", str(device))
+    val_ds = FragmentMaps(val_frags, cfg.data, cfg.seed, "val", str(device))
+    return train_ds, val_ds
+
+
 def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
     """Optimiser steps in one pass over the training fragments."""
     return max(1, n_train // (cfg.batch_size * cfg.grad_accum))
@@ -223,6 +361,79 @@ def _bucketed(ds: FragmentMaps, cfg: TrainConfig, epoch: int, chunk: int,
     return ds.chunk_cache[key]
 
 
+# =============================================================================================
+# 4. model and optimiser
+# =============================================================================================
+def build_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """The network on ``device``, initialised from ``cfg.seed``."""
+    torch.manual_seed(cfg.seed)
+    model = PattersonNet(cfg.network).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model
+
+
+def as_float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict with its floating-point tensors in float32 (fp16 or bf16 weights)."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def initialise_from(model: nn.Module, cfg: TrainConfig, model_ref: str) -> dict[str, str]:
+    """Load a model's weights (``models/<name>``, a model folder, or a run folder) into ``model``.
+
+    For continuing a model on other hardware (e.g. the CPU-trained release models on a GPU)
+    or from a run's weights-only checkpoint: the weights are checksum-verified safetensors
+    (never a pickle) and the network config must equal ``cfg.network``. The optimiser state
+    and data position start afresh (``fit --init``); use ``fit --resume`` on a run directory
+    with a full checkpoint for an exact continuation instead, on this machine or any other.
+    """
+    from safetensors.torch import load_file
+
+    from pattersolve.runtime import resolve_model
+
+    run = Path(model_ref)
+    if (run / CHECKPOINT_JSON).is_file():
+        saved = TrainConfig.from_dict(json.loads((run / CONFIG_JSON).read_text()))
+        if saved.network != cfg.network:
+            raise PattersolveError(f"run {run} has another network config than the training "
+                                   "config", "use the run's own [network] section",
+                                   ExitCode.USAGE)
+        tensors, meta = read_checkpoint(run)
+        model.load_state_dict(as_float32(model_weights(tensors)))
+        return {"name": run.name, "sha256": meta["sha256"], "kind": "run",
+                "step": str(meta.get("step"))}
+    info = resolve_model(model_ref)
+    if NetworkConfig.from_json(info.metadata["config"]) != cfg.network:
+        raise PattersolveError(f"model {info.name} has another network config than the "
+                               "training config", "use the model's own config "
+                               "(its card.json 'training' entry)", ExitCode.USAGE)
+    path = info.weight_file("model.safetensors")
+    model.load_state_dict(as_float32(load_file(str(path))))
+    return {"name": info.name, "sha256": sha256_file(path)}
+
+
+def wrap_model(model: nn.Module, cfg: TrainConfig, device: torch.device, ddp: bool
+               ) -> nn.Module:
+    """The model the loop calls, in training mode: under DDP and/or ``torch.compile`` when
+    configured (the optimiser and checkpoints keep the unwrapped one)."""
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[device.index]
+                                        if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    model.train()
+    return model
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Adam or AdamW with the configured weight decay."""
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+               weight_decay=cfg.weight_decay)
+
+
 def lr_at(cfg: TrainConfig, step: int, spe: int, horizon: int) -> float:
     """Learning rate of optimiser step ``step`` (0-based)."""
     if cfg.schedule == "onecycle":
@@ -244,6 +455,9 @@ def lr_at(cfg: TrainConfig, step: int, spe: int, horizon: int) -> float:
     return cfg.lr * cfg.gamma1**first * cfg.gamma2 ** max(0.0, epoch - cfg.phase1_epochs)
 
 
+# =============================================================================================
+# 5. loss and one optimiser step
+# =============================================================================================
 def invert_maps(maps: torch.Tensor) -> torch.Tensor:
     """``rho(-x)`` of a batch ``(b, c, n1, n2, n3)`` of periodic maps: voxel ``i -> -i mod n``.
 
@@ -282,9 +496,6 @@ def loss_terms(pred: torch.Tensor, target: torch.Tensor, cc_weight: float, twin:
     return torch.where(better, loss_inv, loss), torch.where(better, cc_inv, cc)
 
 
-# =============================================================================================
-# 5. one optimiser step
-# =============================================================================================
 def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -326,6 +537,9 @@ def forward_backward(model: nn.Module, micro_batches: list[list[Group]], n_examp
     return total / max(1, n_examples), ccs
 
 
+# =============================================================================================
+# 6. evaluation
+# =============================================================================================
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Network output for a batch of Patterson maps (eval mode must be set by the caller)."""
@@ -362,6 +576,15 @@ def evaluate_loss(model: nn.Module, ds: FragmentMaps, n: int, batch_size: int,
     if not losses:
         return float("nan"), float("nan"), float("nan")
     return float(np.mean(losses)), float(np.median(ccs)), float(np.median(centro))
+
+
+def validation_metrics(model: nn.Module, val_ds: FragmentMaps, cfg: TrainConfig,
+                       device: torch.device) -> dict[str, float]:
+    """``val_loss``, ``val_cc`` and ``val_centrosymmetry`` of :func:`evaluate_loss` on the
+    config's ``eval_examples`` validation examples."""
+    loss, cc, centro = evaluate_loss(model, val_ds, cfg.eval_examples, cfg.eval_batch_size,
+                                     cfg.loss_cc_weight, device, cfg.loss_twin)
+    return {"val_loss": loss, "val_cc": cc, "val_centrosymmetry": centro}
 
 
 @torch.no_grad()
@@ -401,12 +624,31 @@ def recalibrate_batchnorm(model: nn.Module, ds: FragmentMaps, n: int, batch_size
 
 
 # =============================================================================================
-# 6. checkpoints: safetensors + JSON, atomic, no pickle
+# 7. checkpoints: safetensors + JSON, atomic, no pickle
 # =============================================================================================
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict as checkpoint tensors (``model.<key>``, CPU copies)."""
+    return {f"model.{key}": value.detach().cpu().contiguous().clone()
+            for key, value in model.state_dict().items()}
+
+
+def write_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor],
+                     meta: dict[str, Any]) -> None:
+    """Write the tensors, then the JSON with the safetensors file's SHA-256 (both atomic)."""
+    from safetensors.torch import save_file
+
+    path = run_dir / CHECKPOINT
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+    meta["sha256"] = sha256_file(path)
+    _atomic_write_text(run_dir / CHECKPOINT_JSON, json.dumps(meta, indent=1) + "\n")
 
 
 def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -418,11 +660,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
     optimiser's param-group hyperparameters, the numpy and python RNG scalars and the
     SHA-256 of the safetensors file (a mismatched pair is refused on load).
     """
-    from safetensors.torch import save_file
-
-    tensors: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
-        tensors[f"model.{key}"] = value.detach().cpu().contiguous().clone()
+    tensors = _model_tensors(model)
     osd = optimizer.state_dict()
     optim_scalars: dict[str, Any] = {}
     for pid, st in osd["state"].items():
@@ -446,12 +684,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
     }
     meta["rng"] = {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
                    "python": [py_state[0], list(py_state[1]), py_state[2]]}
-    path = run_dir / CHECKPOINT
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
-    meta["sha256"] = sha256_file(path)
-    _atomic_write_text(run_dir / CHECKPOINT_JSON, json.dumps(meta, indent=1) + "\n")
+    write_checkpoint(run_dir, tensors, meta)
 
 
 def read_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -474,6 +707,18 @@ def read_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 def model_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The model's state dict from checkpoint tensors."""
     return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+
+
+def load_run_model(run_dir: str | os.PathLike[str]) -> tuple[TrainConfig, nn.Module,
+                                                              dict[str, Any]]:
+    """A run's configuration, its network with the checkpoint's weights (CPU, eval mode) and
+    the checkpoint's JSON."""
+    cfg = config_for_run(run_dir)
+    tensors, meta = read_checkpoint(Path(run_dir))
+    model = PattersonNet(cfg.network)
+    model.load_state_dict(model_weights(tensors))
+    model.eval()
+    return cfg, model, meta
 
 
 def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer
@@ -513,7 +758,7 @@ def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
 
 
 # =============================================================================================
-# 7. the loop
+# 8. the loop
 # =============================================================================================
 @dataclass
 class FitResult:
@@ -527,114 +772,80 @@ class FitResult:
     wall_time: float
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return " ".join(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+@dataclass
+class Run:
+    """What the loop works on: the run's data, model and optimiser, and where it stands."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    device: torch.device
+    rank: int
+    world: int
+    train_ds: FragmentMaps
+    val_ds: FragmentMaps
+    training_data: str  # the shards' manifest SHA-256
+    raw_model: nn.Module  # the network itself; ``model`` is what the loop calls (DDP, compile)
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    spe: int  # steps per epoch
+    horizon: int  # the schedule's length
+    stop: int  # where this call stops (``stop_at``)
+    initialised: dict[str, str] | None = None
+    hardware: str = ""
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    step: int = 0
+    examples_seen: int = 0
+    wall_before: float = 0.0  # wall time of the run before this call
+    t_start: float = 0.0
+
+    @property
+    def ddp(self) -> bool:
+        """Several processes (DistributedDataParallel)."""
+        return self.world > 1
+
+    def wall_time(self) -> float:
+        """Seconds of training so far, over every call that trained this run."""
+        return self.wall_before + time.perf_counter() - self.t_start
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The ``state`` of :func:`save_checkpoint`: position, provenance and wall time."""
+        epoch, pos = divmod(self.step, self.spe)
+        return {"step": self.step, "epoch": epoch, "position_in_epoch": pos,
+                "steps_per_epoch": self.spe, "total_steps": self.horizon, "seed": self.cfg.seed,
+                "examples_seen": self.examples_seen, "world_size": self.world,
+                "wall_time": self.wall_time(), "hardware": self.hardware,
+                "hardware_segments": self.segments,
+                "n_parameters": count_parameters(self.raw_model),
+                "n_train_fragments": len(self.train_ds),
+                "n_train_dropped": self.train_ds.n_dropped,
+                "training_data": self.training_data, "init_from": self.initialised}
+
+    def save(self) -> None:
+        """Checkpoint the run where it stands."""
+        save_checkpoint(self.run_dir, self.raw_model, self.optimizer, self.checkpoint_state())
 
 
-def hardware_description(device: torch.device) -> str:
-    """One line naming the machine (GPU name, or CPU model, the vector instruction set torch's
-    kernels use, CPU and thread count; torch version; OS).
-
-    On a CPU a re-run is bit-identical only with the same thread count and the same kernels,
-    and torch picks those by instruction set (``torch.backends.cpu.get_cpu_capability``), so
-    both are recorded.
-    """
-    if device.type == "cuda":
-        what = torch.cuda.get_device_name(device)
-    else:
-        what = (f"{cpu_model()} (torch kernels {torch.backends.cpu.get_cpu_capability()}), "
-                f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads")
-    return f"{what}; torch {torch.__version__}; {platform.platform()}"
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise PattersolveError("device cuda requested but CUDA is not available",
-                                   "set run.device = 'cpu' or 'auto'", ExitCode.BACKEND)
-        if name == "cuda":
-            name = f"cuda:{local_rank}"
-    return torch.device(name)
-
-
-def build_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
-    """The network on ``device``, initialised from ``cfg.seed``."""
-    torch.manual_seed(cfg.seed)
-    model = PattersonNet(cfg.network).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last_3d)
-    return model
-
-
-def initialise_from(model: nn.Module, cfg: TrainConfig, model_ref: str) -> dict[str, str]:
-    """Load a model's weights (``models/<name>``, a model folder, or a run folder) into ``model``.
-
-    For continuing a model on other hardware (e.g. the CPU-trained release models on a GPU)
-    or from a weights-only GPU snapshot (``training/gpu/session.py``): the weights are
-    checksum-verified safetensors (never a pickle) and the network config must equal
-    ``cfg.network``. The optimiser state and data position start afresh; use ``--resume`` on
-    a run directory with a full checkpoint for an exact continuation instead.
-    """
-    from safetensors.torch import load_file
-
-    from pattersolve.runtime import resolve_model
-
-    run = Path(model_ref)
-    if (run / CHECKPOINT_JSON).is_file():
-        saved = TrainConfig.from_dict(json.loads((run / CONFIG_JSON).read_text()))
-        if saved.network != cfg.network:
-            raise PattersolveError(f"run {run} has another network config than the training "
-                                   "config", "use the run's own [network] section",
+def prepare_run_dir(cfg: TrainConfig, run_dir: Path, resume: bool, rank: int) -> None:
+    """Check that ``run_dir`` holds a run exactly when resuming (with this config), and write
+    ``config.json`` there."""
+    has_ckpt = (run_dir / CHECKPOINT_JSON).is_file()
+    if resume and not has_ckpt:
+        raise PattersolveError(f"--resume given but {run_dir} holds no checkpoint",
+                               "drop --resume to start a new run", ExitCode.INPUT_MISSING)
+    if not resume and has_ckpt:
+        raise PattersolveError(f"{run_dir} already holds a run",
+                               "add --resume to continue it, or choose another --out",
+                               ExitCode.OUTPUT)
+    if resume:
+        # through TrainConfig, so a run saved before a key existed takes its default
+        saved = TrainConfig.from_dict(json.loads((run_dir / CONFIG_JSON).read_text())).to_dict()
+        if json.loads(json.dumps(saved)) != json.loads(json.dumps(cfg.to_dict())):
+            raise PattersolveError(f"the config differs from {run_dir / CONFIG_JSON}",
+                                   "resume with the run's own config (omit --config)",
                                    ExitCode.USAGE)
-        tensors, meta = read_checkpoint(run)
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                               for k, v in model_weights(tensors).items()})
-        return {"name": run.name, "sha256": meta["sha256"], "kind": "run",
-                "step": str(meta.get("step"))}
-    info = resolve_model(model_ref)
-    if NetworkConfig.from_json(info.metadata["config"]) != cfg.network:
-        raise PattersolveError(f"model {info.name} has another network config than the "
-                               "training config", "use the model's own config "
-                               "(its card.json 'training' entry)", ExitCode.USAGE)
-    path = info.weight_file("model.safetensors")
-    state = {k: v.float() if v.is_floating_point() else v
-             for k, v in load_file(str(path)).items()}
-    model.load_state_dict(state)
-    return {"name": info.name, "sha256": sha256_file(path)}
-
-
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam or AdamW with the configured weight decay."""
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-               weight_decay=cfg.weight_decay)
-
-
-def check_shards(cfg: TrainConfig) -> dict[str, Any]:
-    """The manifest of ``cfg.shards``, checked against the config's residues and length."""
-    manifest = read_manifest(cfg.shards)
-    prep = manifest["config"]
-    want_dialanine = cfg.data.residues == "dialanine"
-    if bool(prep.get("dialanine")) != want_dialanine or int(prep.get("length", 0)) != \
-            cfg.data.length:
-        raise PattersolveError(
-            f"shards {cfg.shards} hold length={prep.get('length')} "
-            f"dialanine={prep.get('dialanine')}, the config wants length={cfg.data.length} "
-            f"residues={cfg.data.residues}",
-            "prepare matching shards (pattersolve-train prepare --dialanine/--length) or "
-            "point `shards` at them", ExitCode.DATA)
-    return manifest
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(run_dir / CONFIG_JSON, json.dumps(cfg.to_dict(), indent=1) + "\n")
 
 
 def _read_metrics(path: Path, upto: int) -> list[str]:
@@ -642,6 +853,172 @@ def _read_metrics(path: Path, upto: int) -> list[str]:
         return []
     return [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= upto]
+
+
+def start_run(cfg: TrainConfig, run_dir: Path, rank: int, world: int, device: torch.device,
+              resume: bool, stop_at: int | None, init_from: str | None) -> Run:
+    """Data, model and optimiser of a run: a new one (from ``cfg.seed``, or from a model's
+    weights with ``init_from``) or, with ``resume``, the checkpoint's exact state."""
+    manifest = check_shards(cfg)
+    train_ds, val_ds = load_datasets(cfg, device)
+    if len(train_ds) < cfg.batch_size * cfg.grad_accum:
+        raise PattersolveError(f"{len(train_ds)} training fragments, fewer than one step's "
+                               f"{cfg.batch_size * cfg.grad_accum}",
+                               "prepare more entries or lower batch_size", ExitCode.DATA)
+    horizon = total_steps(cfg, len(train_ds))
+    model = build_model(cfg, device)
+    run = Run(cfg, run_dir, device, rank, world, train_ds, val_ds, manifest["sha256"],
+              raw_model=model, model=model, optimizer=build_optimizer(cfg, model),
+              spe=steps_per_epoch(cfg, len(train_ds)), horizon=horizon,
+              stop=min(horizon, stop_at) if stop_at is not None else horizon)
+    if resume and init_from:
+        raise PattersolveError("--init and --resume exclude each other",
+                               "--resume continues a run; --init starts a new one",
+                               ExitCode.USAGE)
+    run.initialised = initialise_from(model, cfg, init_from) if init_from else None
+    meta = load_checkpoint(run_dir, model, run.optimizer) if resume else None
+    if meta is not None:
+        run.step, run.wall_before = int(meta["step"]), float(meta["wall_time"])
+        run.examples_seen = int(meta["examples_seen"])
+    run.model = wrap_model(model, cfg, device, run.ddp)
+    if rank == 0:  # a resumed run's metrics end at its checkpoint
+        kept = _read_metrics(run_dir / METRICS, run.step)
+        _atomic_write_text(run_dir / METRICS, "".join(line + "\n" for line in kept))
+    run.hardware = hardware_description(device)
+    run.segments = hardware_segments(meta, run.step, run.hardware)
+    return run
+
+
+@contextmanager
+def stop_signals() -> Iterator[dict[str, int]]:
+    """SIGTERM and SIGINT only note the signal (in the dict yielded): the loop finishes its
+    step, checkpoints and returns. Not in the main thread: no handlers."""
+    stop_signal: dict[str, int] = {}
+    previous: dict[int, Any] = {}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop_signal["signum"] = signum
+
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+    except ValueError:  # not the main thread: no handlers
+        previous.clear()
+    try:
+        yield stop_signal
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def stop_requested(stop_signal: dict[str, int], ddp: bool) -> bool:
+    """Whether any process got a stop signal (every rank stops at the same step)."""
+    flag = torch.tensor([1 if stop_signal else 0])
+    if ddp:
+        import torch.distributed as dist
+
+        dist.all_reduce(flag)
+    return bool(flag.item())
+
+
+def train_step(run: Run) -> tuple[float, float, list[float], int]:
+    """One optimiser step; returns its learning rate, this rank's mean loss, each example's
+    CC and this rank's number of examples."""
+    cfg = run.cfg
+    lr = lr_at(cfg, run.step, run.spe, run.horizon)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    micro = []
+    n_local = 0
+    for m in range(cfg.grad_accum):
+        idx, epoch = micro_batch_indices(run.train_ds, cfg, run.step, m, run.spe, run.rank,
+                                         run.world)
+        micro.append(run.train_ds.batch(idx, epoch))
+        n_local += len(idx)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss, ccs = forward_backward(run.model, micro, n_local, cfg.loss_cc_weight, run.device,
+                                 run.ddp, cfg.loss_twin)
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), cfg.grad_clip)
+    run.optimizer.step()
+    run.step += 1
+    run.examples_seen += n_local * run.world
+    return lr, loss, ccs, n_local
+
+
+@dataclass
+class TrainWindow:
+    """Training loss and CC since the last logged step."""
+
+    t: float = field(default_factory=time.perf_counter)
+    n: int = 0
+    losses: list[float] = field(default_factory=list)
+    ccs: list[float] = field(default_factory=list)
+
+    def add(self, loss: float, ccs: list[float], n: int) -> None:
+        """One step's mean loss, CCs and examples (over all ranks)."""
+        self.n += n
+        self.losses.append(loss)
+        self.ccs.extend(ccs)
+
+    def flush(self) -> dict[str, float]:
+        """Mean loss, median CC and throughput since the last flush; starts a new window."""
+        dt = time.perf_counter() - self.t
+        out = {"train_loss": float(np.mean(self.losses)), "train_cc": float(np.median(self.ccs)),
+               "examples_per_s": self.n / max(dt, 1e-9)}
+        self.t, self.n, self.losses, self.ccs = time.perf_counter(), 0, [], []
+        return out
+
+
+def step_record(run: Run, window: TrainWindow, lr: float) -> dict[str, Any]:
+    """The metrics line of the step just taken: training numbers every ``log_every`` steps,
+    validation numbers every ``eval_every`` (rank 0), both at the last; empty otherwise."""
+    cfg, step = run.cfg, run.step
+    record: dict[str, Any] = {}
+    if step % cfg.log_every == 0 or step == run.stop:
+        record = {"step": step, "epoch": step / run.spe, "lr": lr, **window.flush()}
+    if run.rank == 0 and (step % cfg.eval_every == 0 or step == run.stop) and len(run.val_ds):
+        record = record or {"step": step, "epoch": step / run.spe, "lr": lr}
+        record.update(validation_metrics(run.raw_model, run.val_ds, cfg, run.device))
+    return record
+
+
+def train_loop(run: Run, stop_signal: dict[str, int], progress: bool
+               ) -> tuple[bool, dict[str, Any]]:
+    """Train from ``run.step`` to ``run.stop`` (or a stop signal), logging and checkpointing;
+    returns whether a signal stopped it and the last metrics logged."""
+    from tqdm import tqdm
+
+    cfg = run.cfg
+    run.t_start = time.perf_counter()
+    last: dict[str, Any] = {}
+    window = TrainWindow()
+    bar = tqdm(total=run.stop, initial=run.step, desc=cfg.name, unit="step",
+               disable=(run.rank != 0) or (not progress) or None)
+    interrupted = False
+    try:
+        while run.step < run.stop:
+            lr, loss, ccs, n_local = train_step(run)
+            window.add(loss, ccs, n_local * run.world)
+            bar.update(1)
+            record = step_record(run, window, lr)
+            if record and run.rank == 0:
+                record["wall_time"] = run.wall_time()
+                last.update(record)
+                with open(run.run_dir / METRICS, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                bar.set_postfix({k: f"{record[k]:.4g}" for k in ("train_loss", "val_cc")
+                                 if k in record})
+            if stop_requested(stop_signal, run.ddp):
+                interrupted = True
+                break
+            if run.rank == 0 and run.step % cfg.checkpoint_every == 0 and run.step < run.stop:
+                run.save()
+        if run.rank == 0:
+            run.save()
+    finally:
+        bar.close()
+    return interrupted, last
 
 
 def fit(cfg: TrainConfig, run_dir: str | os.PathLike[str], resume: bool = False,
@@ -665,205 +1042,25 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike[str], resume: bool = False,
     init_from
         Start a new run from a shipped model's weights (:func:`initialise_from`).
     """
-    from tqdm import tqdm
-
     run_dir = Path(run_dir)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(cfg.device, local_rank)
-    ddp = world > 1
-    if ddp:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-    if cfg.batch_size % world:
-        raise PattersolveError(f"batch_size {cfg.batch_size} is not divisible by the world "
-                               f"size {world}", "choose a batch size divisible by the number "
-                               "of processes", ExitCode.USAGE)
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    if device.type == "cuda":
-        # autotune convolutions for a fixed cell (one map shape); packed cells change shape
-        # every group, where autotuning each new shape costs more than it saves
-        torch.backends.cudnn.benchmark = cfg.data.cell is not None
-
-    # --- run directory ---------------------------------------------------------------------
-    has_ckpt = (run_dir / CHECKPOINT_JSON).is_file()
-    if resume and not has_ckpt:
-        raise PattersolveError(f"--resume given but {run_dir} holds no checkpoint",
-                               "drop --resume to start a new run", ExitCode.INPUT_MISSING)
-    if not resume and has_ckpt:
-        raise PattersolveError(f"{run_dir} already holds a run",
-                               "add --resume to continue it, or choose another --out",
-                               ExitCode.OUTPUT)
-    if resume:
-        # through TrainConfig, so a run saved before a key existed takes its default
-        saved = TrainConfig.from_dict(json.loads((run_dir / CONFIG_JSON).read_text())).to_dict()
-        if json.loads(json.dumps(saved)) != json.loads(json.dumps(cfg.to_dict())):
-            raise PattersolveError(f"the config differs from {run_dir / CONFIG_JSON}",
-                                   "resume with the run's own config (omit --config)",
-                                   ExitCode.USAGE)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(run_dir / CONFIG_JSON, json.dumps(cfg.to_dict(), indent=1) + "\n")
-
-    # --- data ------------------------------------------------------------------------------
-    manifest = check_shards(cfg)
-    train_frags = load_split(cfg.shards, "train", cfg.max_train_fragments)
-    val_frags = load_split(cfg.shards, "val", cfg.eval_examples)
-    map_device = str(device)
-    train_ds = FragmentMaps(train_frags, cfg.data, cfg.seed, "train", map_device)
-    val_ds = FragmentMaps(val_frags, cfg.data, cfg.seed, "val", map_device)
-    if len(train_ds) < cfg.batch_size * cfg.grad_accum:
-        raise PattersolveError(f"{len(train_ds)} training fragments, fewer than one step's "
-                               f"{cfg.batch_size * cfg.grad_accum}",
-                               "prepare more entries or lower batch_size", ExitCode.DATA)
-    spe = steps_per_epoch(cfg, len(train_ds))
-    horizon = total_steps(cfg, len(train_ds))
-    stop = min(horizon, stop_at) if stop_at is not None else horizon
-
-    # --- model and optimiser ---------------------------------------------------------------
-    model = build_model(cfg, device)
-    optimizer = build_optimizer(cfg, model)
-    step, wall_before, examples_seen = 0, 0.0, 0
-    if resume and init_from:
-        raise PattersolveError("--init and --resume exclude each other",
-                               "--resume continues a run; --init starts a new one",
-                               ExitCode.USAGE)
-    initialised = initialise_from(model, cfg, init_from) if init_from else None
-    if resume:
-        meta = load_checkpoint(run_dir, model, optimizer)
-        step, wall_before = int(meta["step"]), float(meta["wall_time"])
-        examples_seen = int(meta["examples_seen"])
-    raw_model = model
-    if ddp:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(model, device_ids=[device.index]
-                                        if device.type == "cuda" else None)
-    if cfg.compile:
-        model = torch.compile(model)
-    model.train()
-
-    metrics_path = run_dir / METRICS
-    if rank == 0:
-        kept = _read_metrics(metrics_path, step)
-        _atomic_write_text(metrics_path, "".join(line + "\n" for line in kept))
-    hardware = hardware_description(device)
-    # where each part of the run ran: a run resumed elsewhere (another GPU, a CPU with other
-    # kernels) is not the run an uninterrupted one would have been, and its card says so
-    segments: list[dict[str, Any]] = []
-    if resume:
-        segments = list(meta.get("hardware_segments")
-                        or [{"from_step": 0, "hardware": meta.get("hardware")}])
-    if not segments or segments[-1]["hardware"] != hardware:
-        segments.append({"from_step": step, "hardware": hardware})
-
-    def state_dict(now_step: int) -> dict[str, Any]:
-        epoch, pos = divmod(now_step, spe)
-        return {"step": now_step, "epoch": epoch, "position_in_epoch": pos,
-                "steps_per_epoch": spe, "total_steps": horizon, "seed": cfg.seed,
-                "examples_seen": examples_seen, "world_size": world,
-                "wall_time": wall_before + time.perf_counter() - t_start,
-                "hardware": hardware, "hardware_segments": segments,
-                "n_parameters": count_parameters(raw_model),
-                "n_train_fragments": len(train_ds), "n_train_dropped": train_ds.n_dropped,
-                "training_data": manifest["sha256"], "init_from": initialised}
-
-    # --- signals: finish the step, checkpoint, exit ----------------------------------------
-    stop_signal: dict[str, int] = {}
-    previous: dict[int, Any] = {}
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        stop_signal["signum"] = signum
-
+    rank, world, device = start_processes(cfg)
+    prepare_run_dir(cfg, run_dir, resume, rank)
+    run = start_run(cfg, run_dir, rank, world, device, resume, stop_at, init_from)
     try:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, on_signal)
-    except ValueError:  # not the main thread: no handlers
-        previous.clear()
-
-    t_start = time.perf_counter()
-    last: dict[str, Any] = {}
-    window_t, window_n, window_loss, window_cc = time.perf_counter(), 0, [], []
-    bar = tqdm(total=stop, initial=step, desc=cfg.name, unit="step",
-               disable=(rank != 0) or (not progress) or None)
-    interrupted = False
-    try:
-        while step < stop:
-            lr = lr_at(cfg, step, spe, horizon)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            micro = []
-            n_local = 0
-            for m in range(cfg.grad_accum):
-                idx, epoch = micro_batch_indices(train_ds, cfg, step, m, spe, rank, world)
-                micro.append(train_ds.batch(idx, epoch))
-                n_local += len(idx)
-            optimizer.zero_grad(set_to_none=True)
-            loss, ccs = forward_backward(model, micro, n_local, cfg.loss_cc_weight, device, ddp,
-                                         cfg.loss_twin)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            step += 1
-            examples_seen += n_local * world
-            window_n += n_local * world
-            window_loss.append(loss)
-            window_cc.extend(ccs)
-            bar.update(1)
-
-            record: dict[str, Any] = {}
-            if step % cfg.log_every == 0 or step == stop:
-                dt = time.perf_counter() - window_t
-                record = {"step": step, "epoch": step / spe, "lr": lr,
-                          "train_loss": float(np.mean(window_loss)),
-                          "train_cc": float(np.median(window_cc)),
-                          "examples_per_s": window_n / max(dt, 1e-9)}
-                window_t, window_n, window_loss, window_cc = time.perf_counter(), 0, [], []
-            if rank == 0 and (step % cfg.eval_every == 0 or step == stop) and len(val_ds):
-                val_loss, val_cc, val_centro = evaluate_loss(
-                    raw_model, val_ds, cfg.eval_examples, cfg.eval_batch_size,
-                    cfg.loss_cc_weight, device, cfg.loss_twin)
-                record = record or {"step": step, "epoch": step / spe, "lr": lr}
-                record.update(val_loss=val_loss, val_cc=val_cc,
-                              val_centrosymmetry=val_centro)
-            if record and rank == 0:
-                record["wall_time"] = wall_before + time.perf_counter() - t_start
-                last.update(record)
-                with open(metrics_path, "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-                bar.set_postfix({k: f"{record[k]:.4g}" for k in ("train_loss", "val_cc")
-                                 if k in record})
-
-            flag = torch.tensor([1 if stop_signal else 0])
-            if ddp:
-                import torch.distributed as dist
-
-                dist.all_reduce(flag)  # every rank stops at the same step
-            if flag.item():
-                interrupted = True
-                break
-            if rank == 0 and step % cfg.checkpoint_every == 0 and step < stop:
-                save_checkpoint(run_dir, raw_model, optimizer, state_dict(step))
-        if rank == 0:
-            save_checkpoint(run_dir, raw_model, optimizer, state_dict(step))
+        with stop_signals() as stop_signal:
+            interrupted, last = train_loop(run, stop_signal, progress)
     finally:
-        bar.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if ddp:
+        if run.ddp:
             import torch.distributed as dist
 
             dist.barrier()
-    return FitResult(run_dir=run_dir, step=step, total_steps=horizon, interrupted=interrupted,
-                     last_metrics=last, wall_time=wall_before + time.perf_counter() - t_start)
+    return FitResult(run_dir=run_dir, step=run.step, total_steps=run.horizon,
+                     interrupted=interrupted, last_metrics=last, wall_time=run.wall_time())
 
 
+# =============================================================================================
+# 9. after training
+# =============================================================================================
 def recalibrate_run(run_dir: str | os.PathLike[str], n: int) -> dict[str, Any]:
     """:func:`recalibrate_batchnorm` on a run's checkpoint, rewritten in place.
 
@@ -872,8 +1069,6 @@ def recalibrate_run(run_dir: str | os.PathLike[str], n: int) -> dict[str, Any]:
     ``bn_recalibrated`` (examples used, validation loss/CC/centrosymmetry before and after)
     and the record is appended to ``metrics.jsonl``. Returns that record.
     """
-    from safetensors.torch import save_file
-
     run_dir = Path(run_dir)
     cfg = config_for_run(run_dir)
     if cfg.num_threads > 0:
@@ -883,45 +1078,15 @@ def recalibrate_run(run_dir: str | os.PathLike[str], n: int) -> dict[str, Any]:
     model = build_model(cfg, device)
     model.load_state_dict(model_weights(tensors))
     check_shards(cfg)
-    train_ds = FragmentMaps(load_split(cfg.shards, "train", cfg.max_train_fragments), cfg.data,
-                            cfg.seed, "train", str(device))
-    val_ds = FragmentMaps(load_split(cfg.shards, "val", cfg.eval_examples), cfg.data, cfg.seed,
-                          "val", str(device))
-
-    def val() -> dict[str, float]:
-        loss, cc, centro = evaluate_loss(model, val_ds, cfg.eval_examples, cfg.eval_batch_size,
-                                         cfg.loss_cc_weight, device, cfg.loss_twin)
-        return {"val_loss": loss, "val_cc": cc, "val_centrosymmetry": centro}
-
-    before = val()
+    train_ds, val_ds = load_datasets(cfg, device)
+    before = validation_metrics(model, val_ds, cfg, device)
     used = recalibrate_batchnorm(model, train_ds, n, cfg.eval_batch_size, device)
-    after = val()
+    after = validation_metrics(model, val_ds, cfg, device)
     record = {"step": int(meta["step"]), "bn_recalibrated": used, **after,
               "before": before}
-    for key, value in model.state_dict().items():
-        tensors[f"model.{key}"] = value.detach().cpu().contiguous().clone()
-    path = run_dir / CHECKPOINT
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    tensors.update(_model_tensors(model))
     meta["bn_recalibrated"] = record
-    meta["sha256"] = sha256_file(path)
-    _atomic_write_text(run_dir / CHECKPOINT_JSON, json.dumps(meta, indent=1) + "\n")
+    write_checkpoint(run_dir, tensors, meta)
     with open(run_dir / METRICS, "a") as fh:
         fh.write(json.dumps(record) + "\n")
     return record
-
-
-def config_for_run(run_dir: str | os.PathLike[str]) -> TrainConfig:
-    """The configuration a run was trained with (its ``config.json``)."""
-    path = Path(run_dir) / CONFIG_JSON
-    if not path.is_file():
-        raise PattersolveError(f"{run_dir} is not a training run (no {CONFIG_JSON})",
-                               "give the --out directory of `pattersolve-train fit`",
-                               ExitCode.INPUT_MISSING)
-    return TrainConfig.from_dict(json.loads(path.read_text()))
-
-
-def with_overrides(cfg: TrainConfig, **kw: Any) -> TrainConfig:
-    """A copy of ``cfg`` with some top-level fields replaced (None values ignored)."""
-    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
