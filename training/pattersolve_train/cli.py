@@ -140,7 +140,8 @@ def fit(config_path: Path | None, out: Path | None, resume: bool, max_steps: int
       pattersolve-train fit --config training/configs/gpu_1b.toml --init alaala-10A \\
           --out runs/alaala-10A-more
       pattersolve-train fit --config training/configs/hard_tri.toml --seed 1   # a replicate
-      torchrun --nproc-per-node 2 -m pattersolve_train.cli fit --config X.toml --out runs/x
+      torchrun --standalone --nproc-per-node 2 -m pattersolve_train.cli fit --config X.toml \\
+          --out runs/x
     """
     _cpu_env()
     from .train import config_for_run, load_config, with_overrides
