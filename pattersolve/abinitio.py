@@ -8,7 +8,7 @@
 
 1. charge flipping (:func:`pattersolve.chargeflip.charge_flip`) from random starts, at a few
    thresholds ``delta`` when the first does not converge;
-2. origin location and symmetry check (:func:`pattersolve.chargeflip.locate_origin`);
+2. origin location and symmetry check (:func:`pattersolve.symmetry.locate_origin`);
 3. peak recycling: the symmetrised E-map's highest peaks (about one per 18 A^3 of the
    asymmetric unit, the volume of a non-hydrogen atom in organic crystals) become point
    atoms whose structure factors give new phases; repeated until the peak set is stable.
@@ -29,18 +29,18 @@ from typing import Any
 import gemmi
 import numpy as np
 
-from .chargeflip import (
-    charge_flip,
-    grid_for_chargeflip,
-    locate_origin,
-    normalise_amplitudes,
-    symmetrise_map,
-    symmetry_agreement,
-)
+from .chargeflip import charge_flip, normalise_amplitudes
 from .errors import ExitCode, PattersolveError
 from .fourier import density_map
-from .peaks import Peaks, find_peaks, symmetry_images
+from .peaks import Peaks, find_peaks
 from .settings import ATOMIC_D_MIN, ATOMIC_MAX_VOLUME, CF_CYCLES, CF_DELTA_SIGMA, CF_STARTS
+from .symmetry import (
+    grid_for_chargeflip,
+    locate_origin,
+    symmetrise_map,
+    symmetry_agreement,
+    symmetry_images,
+)
 
 __all__ = ["AtomicResult", "choose_method", "solve_atomic", "expected_atoms"]
 
@@ -183,7 +183,7 @@ def solve_atomic(
     recycle_iterations
         Peak-recycling iterations (0: keep the charge-flipping phases).
     shape
-        Working grid (default: :func:`~pattersolve.chargeflip.grid_for_chargeflip`).
+        Working grid (default: :func:`~pattersolve.symmetry.grid_for_chargeflip`).
     max_seconds
         Stop trying further thresholds after this much time.
 

@@ -18,9 +18,10 @@ import numpy as np
 
 from .errors import ExitCode, PattersolveError
 from .settings import PEAK_MIN_DISTANCE
+from .symmetry import symmetry_images
 from .transaction import write_atomic
 
-__all__ = ["Peaks", "find_peaks", "write_peaks_pdb", "symmetry_images", "min_distances"]
+__all__ = ["Peaks", "find_peaks", "write_peaks_pdb", "min_distances"]
 
 
 @dataclass
@@ -34,19 +35,6 @@ class Peaks:
 
     def __len__(self) -> int:
         return len(self.height)
-
-
-def _ops(spacegroup: gemmi.SpaceGroup | None) -> list[tuple[np.ndarray, np.ndarray]]:
-    if spacegroup is None:
-        return [(np.eye(3), np.zeros(3))]
-    return [(np.array(op.rot, float) / op.DEN, np.array(op.tran, float) / op.DEN)
-            for op in spacegroup.operations()]
-
-
-def symmetry_images(frac: np.ndarray, spacegroup: gemmi.SpaceGroup | None) -> np.ndarray:
-    """All symmetry images ``R x + t`` (mod 1) of fractional points: shape (n_ops, n, 3)."""
-    frac = np.asarray(frac, dtype=np.float64).reshape(-1, 3)
-    return np.stack([(frac @ rot.T + tran) % 1.0 for rot, tran in _ops(spacegroup)])
 
 
 def min_distances(frac_a: np.ndarray, frac_b: np.ndarray, cell: gemmi.UnitCell,

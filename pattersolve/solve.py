@@ -48,6 +48,7 @@ from .phases import centrosymmetry
 from .refine import amplitude_residual, sigmaa_fom
 from .reflections import Reflections
 from .simulate import scale_to_unit_range
+from .symmetry import shift_phases
 
 log = logging.getLogger("pattersolve")
 
@@ -302,8 +303,8 @@ def place_in_cell(refl: Reflections, sol: Solution) -> Solution:
     over the plane, smoothed over three grid planes; the middle of the widest run of planes
     within 2 % of the range above the least, so that an isolated molecule ends up centred) is
     moved onto the cell face: a whole grid step, so the map is rolled exactly and
-    ``F(h) -> F(h) exp(2 pi i h.t)``. Solutions whose origin the space group fixes
-    (``symmetric``) are returned as they are.
+    ``F(h) -> F(h) exp(2 pi i h.t)`` (:func:`~pattersolve.symmetry.shift_phases` by ``-t``).
+    Solutions whose origin the space group fixes (``symmetric``) are returned as they are.
     """
     if sol.symmetric:
         return sol
@@ -316,7 +317,7 @@ def place_in_cell(refl: Reflections, sol: Solution) -> Solution:
         smooth = profile + np.roll(profile, 1) + np.roll(profile, -1)
         steps.append(-_middle_of_widest_gap(smooth) % shape[axis])
     t = np.array(steps, dtype=np.float64) / np.array(shape)
-    f = sol.f * np.exp(2j * np.pi * (refl.hkl @ t))
+    f = shift_phases(refl.hkl, sol.f, -t)
     density = np.roll(rho, steps, axis=(0, 1, 2))
     stages = dict(sol.stages)
     stages["origin"] = {"shift": [round(float(x), 4) for x in t],
@@ -357,7 +358,7 @@ def locate_in_spacegroup(refl: Reflections, sol: Solution) -> Solution:
     """Check a P1 solution against the crystal's symmetry, as Superflip does.
 
     The origin shift that makes the P1 map agree best with the space-group operators is
-    found (:func:`pattersolve.chargeflip.locate_origin`). When the mean agreement exceeds
+    found (:func:`pattersolve.symmetry.locate_origin`). When the mean agreement exceeds
     :data:`pattersolve.abinitio.CONFIDENT_SYMMETRY`, the solution is shifted, symmetrised
     and marked confident and symmetric (written in the crystal's space group); otherwise it
     is returned unchanged, marked not confident, with a warning. P1 data are returned as
@@ -366,7 +367,7 @@ def locate_in_spacegroup(refl: Reflections, sol: Solution) -> Solution:
     if refl.spacegroup.number == 1 or sol.symmetric:
         return sol
     from .abinitio import CONFIDENT_SYMMETRY
-    from .chargeflip import grid_for_chargeflip, locate_origin, symmetrise_map
+    from .symmetry import grid_for_chargeflip, locate_origin, symmetrise_map
 
     grid = grid_for_chargeflip(refl.cell, refl.hkl, refl.spacegroup)
     origin = locate_origin(refl.hkl, sol.f, refl.cell, refl.spacegroup, shape=grid)
