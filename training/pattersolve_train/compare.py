@@ -13,7 +13,6 @@ compares equal to the model exported from it.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any
 import torch
 
 from pattersolve.errors import ExitCode, PattersolveError
+
+from .files import write_json_atomic
 
 #: suffixes of the BatchNorm buffers (``recalibrate`` rewrites these; no gradient reaches them)
 BATCHNORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
@@ -194,8 +195,5 @@ def compare_weights(ref_a: str | Path, ref_b: str | Path,
     b, fp16_b, label_b = load_weights(ref_b)
     result = compare_state_dicts(a, b, fp16_a or fp16_b, label_a, label_b)
     if json_out is not None:
-        out = Path(json_out)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
-        tmp.replace(out)
+        write_json_atomic(json_out, result.to_dict())
     return result

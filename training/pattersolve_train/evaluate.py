@@ -13,8 +13,7 @@ search alone makes random phases score about 80 deg, never 90.
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from pattersolve.errors import ExitCode, PattersolveError
 
+from .files import write_json_atomic
 from .stats import RESAMPLES, bootstrap_interval
 
 #: The paper's test results (PHASING_NOTES.md), keyed by (cell edge, residues).
@@ -102,9 +102,7 @@ class EvalSummary:
     def record(self, key: str, value: Any) -> None:
         """Add ``key`` to the summary and rewrite ``evaluation.json`` (atomically)."""
         self.data[key] = value
-        tmp = self.out / "evaluation.json.tmp"
-        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
-        os.replace(tmp, self.out / "evaluation.json")
+        write_json_atomic(self.out / "evaluation.json", self.data)
 
 
 def load_model_dir(model_dir: Path) -> tuple[Any, dict[str, str], dict[str, Any]]:
@@ -113,6 +111,8 @@ def load_model_dir(model_dir: Path) -> tuple[Any, dict[str, str], dict[str, Any]
     from safetensors.torch import load_file
 
     from pattersolve.network import NetworkConfig, PattersonNet
+
+    from .train import as_float32
 
     path = model_dir / "model.safetensors"
     if not path.is_file():
@@ -125,9 +125,7 @@ def load_model_dir(model_dir: Path) -> tuple[Any, dict[str, str], dict[str, Any]
         raise PattersolveError(f"{path}: not a pattersolve-model-1 file", "re-export it",
                                ExitCode.MODEL)
     model = PattersonNet(NetworkConfig.from_json(meta["config"]))
-    state = {k: (v.float() if v.is_floating_point() else v)
-             for k, v in load_file(str(path)).items()}
-    model.load_state_dict(state)
+    model.load_state_dict(as_float32(load_file(str(path))))
     model.eval()
     card_path = model_dir / "card.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
@@ -180,106 +178,146 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
         (:func:`pattersolve.rotations.rotation_averaged`: 24 Pattersons per map in a cubic
         cell) instead of the single prediction; the network alone either way.
     """
-    import torch
-
-    from pattersolve.fourier import structure_factors_from_map
-    from pattersolve.phasematch import match_phases, random_phase_floor
-    from pattersolve.phases import centrosymmetry
-    from pattersolve.rotations import grid_rotations, rotation_averaged
-    from pattersolve.runtime import sha256_file
-
-    from .data import DataConfig, FragmentMaps
+    from .data import FragmentMaps
     from .shards import load_split, read_manifest
-    from .train import (
-        TrainConfig,
-        config_for_run,
-        loss_terms,
-        model_weights,
-        predict,
-        read_checkpoint,
-    )
 
-    if run_dir is not None:
-        cfg = config_for_run(run_dir)
-        tensors, ckpt = read_checkpoint(Path(run_dir))
-        from pattersolve.network import PattersonNet
-
-        model = PattersonNet(cfg.network)
-        model.load_state_dict(model_weights(tensors))
-        model.eval()
-        source = {"run": str(run_dir), "step": ckpt["step"]}
-        base = Path(run_dir)
-    else:
-        model, meta, card = load_model_dir(Path(model_dir))
-        if "training" not in card:
-            raise PattersolveError(f"{model_dir}/card.json has no training configuration",
-                                   "evaluate the run directory instead (--run)", ExitCode.MODEL)
-        cfg = TrainConfig.from_dict(card["training"])
-        # the weights evaluated, so a card is refreshed only from its own (`card`)
-        source = {"model": str(model_dir), "name": meta.get("name"),
-                  "model_sha256": sha256_file(Path(model_dir) / "model.safetensors")}
-        base = Path(model_dir)
-    data_cfg: DataConfig = cfg.data
+    cfg, model, source, base = _model_to_evaluate(run_dir, model_dir)
     shard_dir = Path(shards) if shards is not None else Path(cfg.shards)
     manifest = read_manifest(shard_dir)
     frags = load_split(shard_dir, "test", n_examples)
     if not frags:
         raise PattersolveError(f"{shard_dir} has no test fragments",
                                "prepare shards with a test split", ExitCode.DATA)
-    ds = FragmentMaps(frags, data_cfg, TEST_MAPS_SEED, "test", "cpu")
-    device = torch.device("cpu")
-    rng = np.random.default_rng(seed)
-    rows: list[dict[str, Any]] = []
-    bins, floor_bins = [], []
-    n_rotations: list[int] = []
-    for start in range(0, len(ds), batch_size):
-        idx = list(range(start, min(len(ds), start + batch_size)))
-        for g in ds.batch(idx, epoch=0):
-            pred = predict(model, g.patterson, device)
-            if average_rotations:
-                pred = _rotation_averaged_batch(model, g, device, grid_rotations,
-                                                rotation_averaged, n_rotations)
-            _, cc = loss_terms(pred, g.density, 0.0)
-            _, twin_cc = loss_terms(pred, g.density, 0.0, twin=True)
-            volume = float(g.cell.volume)
-            for j in range(pred.shape[0]):
-                rho = pred[j, 0].double().numpy()
-                f_pred = structure_factors_from_map(rho, g.hkl, volume)
-                f_true = g.f[j].detach().cpu().numpy().astype(np.complex128)
-                pm = match_phases(g.hkl, f_true, f_pred, g.cell)
-                fl = random_phase_floor(g.hkl, f_true, g.cell, rng, trials=floor_trials)
-                bins.append(pm.bins)
-                floor_bins.append(fl.bins)
-                rows.append({"source": g.sources[j], "cc": float(cc[j]),
-                             "twin_cc": float(twin_cc[j]),
-                             "centrosymmetry": centrosymmetry(rho),
-                             "true_centrosymmetry": centrosymmetry(
-                                 g.density[j, 0].double().numpy()),
-                             "phase_error_weighted": pm.weighted_error,
-                             "phase_error_unweighted": pm.unweighted_error,
-                             "map_cc": pm.map_cc, "inverted": pm.inverted,
-                             "fraction_under_60": float(pm.fraction_under.get(60, np.nan)),
-                             "floor_weighted": fl.weighted_error,
-                             "floor_unweighted": fl.unweighted_error,
-                             "floor_map_cc": fl.map_cc})
-
-    def med(key: str) -> float:
-        return float(np.median([r[key] for r in rows]))
-
-    model_bins = _aggregate_bins(bins)
-    rand_bins = _aggregate_bins(floor_bins)
-    for b, f in zip(model_bins, rand_bins, strict=True):
-        b["floor_mean_weighted_error"] = f["mean_weighted_error"]
-        b["floor_fraction_under_60"] = f["fraction_under_60"]
-    cell_key = (data_cfg.cell[0], data_cfg.residues) if data_cfg.cell else None
+    ds = FragmentMaps(frags, cfg.data, TEST_MAPS_SEED, "test", "cpu")
+    scores = score_examples(model, ds, batch_size, np.random.default_rng(seed), floor_trials,
+                            average_rotations)
     data = {
-        "n": len(rows),
+        "n": len(scores.rows),
         # examples asked for: fragments that do not fit the cell are skipped, so n can be less
         "n_requested": n_examples,
         "test_maps_seed": TEST_MAPS_SEED,
         **source,
         "shards": str(shard_dir),
         "training_data": manifest["sha256"],
+        **summarise(scores, cfg.data, floor_trials, average_rotations),
+    }
+    suffix = "-rotations" if average_rotations else ""
+    if out is not None:
+        out_dir = Path(out)
+    elif run_dir is not None:
+        out_dir = base / f"evaluation{suffix}"
+    else:  # never into the model's folder (models/ is what ships)
+        out_dir = Path("runs") / "evaluate" / f"{base.resolve().name}{suffix}"
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "evaluation.json", data)
+    (out_dir / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in scores.rows))
+    if plots:
+        write_plots(data, [r["cc"] for r in scores.rows], out_dir)
+    return EvalSummary(data=data, out=out_dir)
+
+
+def _model_to_evaluate(run_dir: Path | None, model_dir: Path | None
+                       ) -> tuple[Any, Any, dict[str, Any], Path]:
+    """The training config, the network (eval mode, fp32), what ``evaluation.json`` records
+    as its source, and the folder it came from: a run's checkpoint or an exported model."""
+    from pattersolve.runtime import sha256_file
+
+    from .train import TrainConfig, load_run_model
+
+    if run_dir is not None:
+        cfg, model, ckpt = load_run_model(run_dir)
+        return cfg, model, {"run": str(run_dir), "step": ckpt["step"]}, Path(run_dir)
+    model, meta, card = load_model_dir(Path(model_dir))
+    if "training" not in card:
+        raise PattersolveError(f"{model_dir}/card.json has no training configuration",
+                               "evaluate the run directory instead (--run)", ExitCode.MODEL)
+    cfg = TrainConfig.from_dict(card["training"])
+    # the weights evaluated, so a card is refreshed only from its own (`card`)
+    source = {"model": str(model_dir), "name": meta.get("name"),
+              "model_sha256": sha256_file(Path(model_dir) / "model.safetensors")}
+    return cfg, model, source, Path(model_dir)
+
+
+@dataclass
+class Scores:
+    """Per-example rows (``examples.jsonl``), per-example resolution bins of the model and of
+    the random-phase floor, and the rotations averaged per example (``average_rotations``)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    bins: list[list[dict]] = field(default_factory=list)
+    floor_bins: list[list[dict]] = field(default_factory=list)
+    n_rotations: list[int] = field(default_factory=list)
+
+
+def score_examples(model: Any, ds: Any, batch_size: int, rng: np.random.Generator,
+                   floor_trials: int, average_rotations: bool) -> Scores:
+    """Predict every example of ``ds`` (epoch-0 placements) and score it against the truth,
+    beside the random-phase floor (``floor_trials`` draws from ``rng`` per example)."""
+    import torch
+
+    from .train import loss_terms, predict
+
+    device = torch.device("cpu")
+    scores = Scores()
+    for start in range(0, len(ds), batch_size):
+        idx = list(range(start, min(len(ds), start + batch_size)))
+        for g in ds.batch(idx, epoch=0):
+            pred = predict(model, g.patterson, device)
+            if average_rotations:
+                pred = _rotation_averaged_batch(model, g, device, scores.n_rotations)
+            _, cc = loss_terms(pred, g.density, 0.0)
+            _, twin_cc = loss_terms(pred, g.density, 0.0, twin=True)
+            for j in range(pred.shape[0]):
+                _score_example(scores, g, j, pred[j, 0], float(cc[j]), float(twin_cc[j]), rng,
+                               floor_trials)
+    return scores
+
+
+def _score_example(scores: Scores, g: Any, j: int, pred: Any, cc: float, twin_cc: float,
+                   rng: np.random.Generator, floor_trials: int) -> None:
+    """Example ``j`` of group ``g``: phase error and map CC after the origin and hand search,
+    centrosymmetry, and the random-phase floor; appended to ``scores``."""
+    from pattersolve.fourier import structure_factors_from_map
+    from pattersolve.phasematch import match_phases, random_phase_floor
+    from pattersolve.phases import centrosymmetry
+
+    rho = pred.double().numpy()
+    f_pred = structure_factors_from_map(rho, g.hkl, float(g.cell.volume))
+    f_true = g.f[j].detach().cpu().numpy().astype(np.complex128)
+    pm = match_phases(g.hkl, f_true, f_pred, g.cell)
+    fl = random_phase_floor(g.hkl, f_true, g.cell, rng, trials=floor_trials)
+    scores.bins.append(pm.bins)
+    scores.floor_bins.append(fl.bins)
+    scores.rows.append({"source": g.sources[j], "cc": cc, "twin_cc": twin_cc,
+                        "centrosymmetry": centrosymmetry(rho),
+                        "true_centrosymmetry": centrosymmetry(g.density[j, 0].double().numpy()),
+                        "phase_error_weighted": pm.weighted_error,
+                        "phase_error_unweighted": pm.unweighted_error,
+                        "map_cc": pm.map_cc, "inverted": pm.inverted,
+                        "fraction_under_60": float(pm.fraction_under.get(60, np.nan)),
+                        "floor_weighted": fl.weighted_error,
+                        "floor_unweighted": fl.unweighted_error,
+                        "floor_map_cc": fl.map_cc})
+
+
+def summarise(scores: Scores, data_cfg: Any, floor_trials: int, average_rotations: bool
+              ) -> dict[str, Any]:
+    """The summary of ``evaluation.json`` from ``d_min`` on: medians with their intervals,
+    the hand, the random floor, the resolution bins and the paper's numbers."""
+    rows = scores.rows
+
+    def med(key: str) -> float:
+        return float(np.median([r[key] for r in rows]))
+
+    model_bins = _aggregate_bins(scores.bins)
+    rand_bins = _aggregate_bins(scores.floor_bins)
+    for b, f in zip(model_bins, rand_bins, strict=True):
+        b["floor_mean_weighted_error"] = f["mean_weighted_error"]
+        b["floor_fraction_under_60"] = f["fraction_under_60"]
+    cell_key = (data_cfg.cell[0], data_cfg.residues) if data_cfg.cell else None
+    under_60 = [r for r in rows if r["phase_error_weighted"] < 60]
+    return {
         "d_min": data_cfg.d_min,
         "cell": list(data_cfg.cell) if data_cfg.cell else None,
         "median_cc": med("cc"),
@@ -295,41 +333,25 @@ def evaluate(run_dir: Path | None = None, model_dir: Path | None = None,
                                                         for r in rows])),
         # the hand, where a prediction has one: of the examples under 60 deg, the share whose
         # best alignment needed no inversion (0.5: the network does not know the hand)
-        "fraction_true_hand": (float(np.mean([not r["inverted"] for r in rows
-                                              if r["phase_error_weighted"] < 60]))
-                               if any(r["phase_error_weighted"] < 60 for r in rows)
-                               else None),
+        "fraction_true_hand": (float(np.mean([not r["inverted"] for r in under_60]))
+                               if under_60 else None),
         "average_rotations": bool(average_rotations),
-        "median_rotations": float(np.median(n_rotations)) if n_rotations else 1.0,
+        "median_rotations": (float(np.median(scores.n_rotations)) if scores.n_rotations
+                             else 1.0),
         "random_floor": {"median_phase_error_weighted": med("floor_weighted"),
                          "median_phase_error_unweighted": med("floor_unweighted"),
                          "median_map_cc": med("floor_map_cc"), "trials": floor_trials},
         "bins": model_bins,
         "paper": PAPER.get(cell_key) if cell_key else None,
     }
-    suffix = "-rotations" if average_rotations else ""
-    if out is not None:
-        out_dir = Path(out)
-    elif run_dir is not None:
-        out_dir = base / f"evaluation{suffix}"
-    else:  # never into the model's folder (models/ is what ships)
-        out_dir = Path("runs") / "evaluate" / f"{base.resolve().name}{suffix}"
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "evaluation.json.tmp"
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, out_dir / "evaluation.json")
-    (out_dir / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    if plots:
-        write_plots(data, [r["cc"] for r in rows], out_dir)
-    return EvalSummary(data=data, out=out_dir)
 
 
-def _rotation_averaged_batch(model: Any, g: Any, device: Any, grid_rotations: Any,
-                             rotation_averaged: Any, counts: list[int]) -> Any:
+def _rotation_averaged_batch(model: Any, g: Any, device: Any, counts: list[int]) -> Any:
     """One group's predictions, each averaged over its cell's rotations (appends the number
     of rotations used per example to ``counts``)."""
     import torch
+
+    from pattersolve.rotations import grid_rotations, rotation_averaged
 
     from .train import predict
 

@@ -42,6 +42,8 @@ from pattersolve.errors import ExitCode, PattersolveError
 from pattersolve.runtime import sha256_file
 from pattersolve.simulate import ELEMENTS
 
+from .files import write_json_atomic
+
 FORMAT = "pattersolve-shards-1"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _ELEMENT_INDEX = {e: i for i, e in enumerate(ELEMENTS)}
@@ -142,10 +144,7 @@ def write_manifest(out: str | os.PathLike[str], config: dict, shards: list[dict]
         "shards": shards,
         "sha256": manifest_hash([s["sha256"] for s in shards]),
     }
-    path = Path(out) / "manifest.json"
-    tmp = path.with_name("manifest.json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(Path(out) / "manifest.json", manifest)
     return manifest
 
 

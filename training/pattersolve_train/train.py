@@ -51,6 +51,7 @@ from pattersolve.network import NetworkConfig, PattersonNet, count_parameters
 from pattersolve.runtime import sha256_file
 
 from .data import DataConfig, FragmentMaps, Group, fixed_indices
+from .files import write_json_atomic, write_text_atomic
 from .shards import load_split, read_manifest
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -626,12 +627,6 @@ def recalibrate_batchnorm(model: nn.Module, ds: FragmentMaps, n: int, batch_size
 # =============================================================================================
 # 7. checkpoints: safetensors + JSON, atomic, no pickle
 # =============================================================================================
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state dict as checkpoint tensors (``model.<key>``, CPU copies)."""
     return {f"model.{key}": value.detach().cpu().contiguous().clone()
@@ -648,7 +643,7 @@ def write_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor],
     save_file(tensors, str(tmp))
     os.replace(tmp, path)
     meta["sha256"] = sha256_file(path)
-    _atomic_write_text(run_dir / CHECKPOINT_JSON, json.dumps(meta, indent=1) + "\n")
+    write_json_atomic(run_dir / CHECKPOINT_JSON, meta)
 
 
 def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -845,7 +840,7 @@ def prepare_run_dir(cfg: TrainConfig, run_dir: Path, resume: bool, rank: int) ->
                                    ExitCode.USAGE)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(run_dir / CONFIG_JSON, json.dumps(cfg.to_dict(), indent=1) + "\n")
+        write_json_atomic(run_dir / CONFIG_JSON, cfg.to_dict())
 
 
 def _read_metrics(path: Path, upto: int) -> list[str]:
@@ -883,7 +878,7 @@ def start_run(cfg: TrainConfig, run_dir: Path, rank: int, world: int, device: to
     run.model = wrap_model(model, cfg, device, run.ddp)
     if rank == 0:  # a resumed run's metrics end at its checkpoint
         kept = _read_metrics(run_dir / METRICS, run.step)
-        _atomic_write_text(run_dir / METRICS, "".join(line + "\n" for line in kept))
+        write_text_atomic(run_dir / METRICS, "".join(line + "\n" for line in kept))
     run.hardware = hardware_description(device)
     run.segments = hardware_segments(meta, run.step, run.hardware)
     return run
