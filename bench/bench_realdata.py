@@ -21,11 +21,12 @@ from pathlib import Path
 import gemmi
 import numpy as np
 
-from pattersolve.abinitio import choose_method, solve_atomic
+from pattersolve.abinitio import solve_atomic
 from pattersolve.peaks import min_distances
 from pattersolve.phasematch import match_phases, random_phase_floor
 from pattersolve.reflections import read_reflections
 from pattersolve.simulate import structure_factors
+from pattersolve.solve import choose_method
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 SETS = [

@@ -1,8 +1,6 @@
-"""Ab initio phasing at atomic resolution: method choice and the charge-flipping pipeline.
+"""Ab initio phasing at atomic resolution: the charge-flipping pipeline.
 
-:func:`choose_method` decides between ``"chargeflip"`` (atomic resolution, small cell) and
-``"hybrid"`` (network prediction + projection refinement, implemented elsewhere).
-
+Whether the data suit it is :func:`pattersolve.solve.choose_method`'s call (``--method auto``).
 :func:`solve_atomic` runs, on the P1-expanded data of a
 :class:`~pattersolve.reflections.Reflections`:
 
@@ -33,53 +31,33 @@ from .chargeflip import charge_flip, normalise_amplitudes
 from .errors import ExitCode, PattersolveError
 from .fourier import density_map
 from .peaks import Peaks, find_peaks
-from .settings import ATOMIC_D_MIN, ATOMIC_MAX_VOLUME, CF_CYCLES, CF_DELTA_SIGMA, CF_STARTS
+from .settings import (
+    CF_CONFIDENT_R,
+    CF_CYCLES,
+    CF_DELTAS,
+    CF_MAX_SECONDS,
+    CF_STARTS,
+    RECYCLE_ITERATIONS,
+    RECYCLE_PEAK_DISTANCE,
+    RECYCLE_PEAKS_PER_ATOM,
+    SYMMETRY_MIN_AGREEMENT,
+    VOLUME_PER_ATOM,
+)
+from .solve import choose_method
 from .symmetry import (
     grid_for_chargeflip,
     locate_origin,
+    space_group_ops,
     symmetrise_map,
     symmetry_agreement,
     symmetry_images,
 )
 
-__all__ = ["AtomicResult", "choose_method", "solve_atomic", "expected_atoms"]
-
-#: volume per non-hydrogen atom in organic crystals (A^3), Kempster & Lipson's 18 A^3 rule
-VOLUME_PER_ATOM = 18.0
-#: thresholds tried in turn (units of the E-map r.m.s.) until one converges
-DELTAS: tuple[float, ...] = (CF_DELTA_SIGMA, 1.1, 1.5)
-#: R(E) between data and peak model below which a solution counts as confident
-CONFIDENT_R = 0.40
-#: symmetry agreement (correlation) below which the located origin is doubtful
-CONFIDENT_SYMMETRY = 0.6
-
-
-def choose_method(cell: gemmi.UnitCell, d_min: float, *, n_reflections: int | None = None,
-                  spacegroup: gemmi.SpaceGroup | None = None,
-                  completeness: float | None = None) -> tuple[str, str]:
-    """Pick ``"chargeflip"`` or ``"hybrid"`` for ``--method auto``, with the reason.
-
-    Charge flipping needs resolved atoms: ``d_min <= ATOMIC_D_MIN`` (1.2 A, Sheldrick's rule
-    for direct methods), a cell of at most ``ATOMIC_MAX_VOLUME`` A^3 (time and memory on a
-    laptop) and reasonably complete data (>= 70 % when given).
-    """
-    if d_min > ATOMIC_D_MIN:
-        return "hybrid", (f"data to {d_min:.2f} A do not resolve atoms (charge flipping needs "
-                          f"d_min <= {ATOMIC_D_MIN} A): network prediction + refinement")
-    if cell.volume > ATOMIC_MAX_VOLUME:
-        return "hybrid", (f"cell volume {cell.volume:.0f} A^3 is above {ATOMIC_MAX_VOLUME:.0f} "
-                          "A^3 for charge flipping here: network prediction + refinement")
-    if completeness is not None and completeness < 0.7:
-        return "hybrid", (f"data only {100 * completeness:.0f} % complete; charge flipping "
-                          "needs >= 70 %: network prediction + refinement")
-    return "chargeflip", (f"atomic resolution ({d_min:.2f} A) in a small cell "
-                          f"({cell.volume:.0f} A^3): charge flipping with origin location")
-
+__all__ = ["AtomicResult", "solve_atomic", "expected_atoms"]
 
 def expected_atoms(cell: gemmi.UnitCell, spacegroup: gemmi.SpaceGroup | None) -> float:
     """Expected non-hydrogen atoms per asymmetric unit by the 18 A^3 rule."""
-    n_ops = len(spacegroup.operations()) if spacegroup is not None else 1
-    return cell.volume / (VOLUME_PER_ATOM * n_ops)
+    return cell.volume / (VOLUME_PER_ATOM * len(space_group_ops(spacegroup)))
 
 
 @dataclass
@@ -139,7 +117,7 @@ def _recycle(hkl: np.ndarray, e: np.ndarray, f_start: np.ndarray, cell: gemmi.Un
     for _ in range(n_iter):
         it += 1
         emap = symmetrise_map(density_map(hkl, e * phase, shape, cell.volume), sg)
-        peaks = find_peaks(emap, cell, sg, n_max=n_peaks, min_distance=0.9)
+        peaks = find_peaks(emap, cell, sg, n_max=n_peaks, min_distance=RECYCLE_PEAK_DISTANCE)
         if len(peaks) == 0:
             break
         weights = np.clip(peaks.height / peaks.height[0], 0.2, 1.0)
@@ -159,12 +137,12 @@ def solve_atomic(
     reflections: Any,
     *,
     rng: np.random.Generator | int | None = None,
-    deltas: Sequence[float] = DELTAS,
+    deltas: Sequence[float] = CF_DELTAS,
     cycles: int = CF_CYCLES,
     n_starts: int = CF_STARTS,
-    recycle_iterations: int = 8,
+    recycle_iterations: int = RECYCLE_ITERATIONS,
     shape: Sequence[int] | None = None,
-    max_seconds: float = 120.0,
+    max_seconds: float = CF_MAX_SECONDS,
 ) -> AtomicResult:
     """Charge flipping + origin location + symmetry check + peak recycling.
 
@@ -177,7 +155,7 @@ def solve_atomic(
         Random generator or seed for the starting phases.
     deltas
         Flipping thresholds tried in turn; the next is tried only when no start converged
-        or the peak model fits badly (R(E) above :data:`CONFIDENT_R`).
+        or the peak model fits badly (R(E) above :data:`~pattersolve.settings.CF_CONFIDENT_R`).
     cycles, n_starts
         Per threshold.
     recycle_iterations
@@ -214,7 +192,7 @@ def solve_atomic(
     shape = tuple(int(n) for n in shape)
     e = normalise_amplitudes(hkl_u, amp_u, cell, sg)
     n_exp = expected_atoms(cell, sg)
-    n_peaks = max(2, int(np.ceil(1.2 * n_exp)))
+    n_peaks = max(2, int(np.ceil(RECYCLE_PEAKS_PER_ATOM * n_exp)))
     timing = {"chargeflip": 0.0, "origin": 0.0, "recycle": 0.0}
     best: dict[str, Any] | None = None
     for delta in deltas:
@@ -232,7 +210,7 @@ def solve_atomic(
         else:
             phase = origin.f / np.maximum(np.abs(origin.f), 1e-30)
             emap = symmetrise_map(density_map(hkl_u, e * phase, shape, cell.volume), sg)
-            pk = find_peaks(emap, cell, sg, n_max=n_peaks, min_distance=0.9)
+            pk = find_peaks(emap, cell, sg, n_max=n_peaks, min_distance=RECYCLE_PEAK_DISTANCE)
             s = peak_model_f(hkl_u, pk, sg)
             r_model = _r_e(e, normalise_amplitudes(hkl_u, np.abs(s), cell, sg))
             n_it = 0
@@ -241,7 +219,7 @@ def solve_atomic(
                 "r_model": r_model, "n_it": n_it}
         if best is None or r_model < best["r_model"]:
             best = cand
-        if best["r_model"] < CONFIDENT_R or time.perf_counter() - t0 > max_seconds:
+        if best["r_model"] < CF_CONFIDENT_R or time.perf_counter() - t0 > max_seconds:
             break
     assert best is not None
     cf, origin, phase = best["cf"], best["origin"], best["phase"]
@@ -249,19 +227,19 @@ def solve_atomic(
     density = symmetrise_map(density_map(hkl_u, f_u, shape, cell.volume), sg)
     emap = symmetrise_map(density_map(hkl_u, e * phase, shape, cell.volume), sg)
     peaks = find_peaks(emap, cell, sg, n_max=max(n_peaks, int(np.ceil(2 * n_exp))),
-                       min_distance=0.9)
+                       min_distance=RECYCLE_PEAK_DISTANCE)
     agreement_final = symmetry_agreement(density_map(hkl_u, origin.f, shape, cell.volume), sg) \
         if len(sg.operations()) > 1 else []
     f = np.zeros(len(hkl), dtype=np.complex128)
     f[ok] = f_u
     mean_sym = float(np.mean(origin.agreement)) if origin.agreement else 1.0
-    confident = bool(best["r_model"] < CONFIDENT_R and mean_sym > CONFIDENT_SYMMETRY
+    confident = bool(best["r_model"] < CF_CONFIDENT_R and mean_sym > SYMMETRY_MIN_AGREEMENT
                      and method == "chargeflip")
     if not confident:
         warnings.append(
             f"charge flipping found no convincing solution (R(E) of the peak model "
-            f"{best['r_model']:.2f}, want < {CONFIDENT_R}; symmetry agreement {mean_sym:.2f}, "
-            f"want > {CONFIDENT_SYMMETRY}): treat the map as unreliable")
+            f"{best['r_model']:.2f}, want < {CF_CONFIDENT_R}; symmetry agreement {mean_sym:.2f}, "
+            f"want > {SYMMETRY_MIN_AGREEMENT}): treat the map as unreliable")
     centro = sg.operations().is_centrosymmetric()
     fom = {
         "r_flip": cf.r_factor, "r_plateau": cf.r_start, "converged": cf.converged,

@@ -345,7 +345,7 @@ def choose(refl: Reflections, method: str) -> tuple[str, str]:
     check_method(method)
     if method != "auto":
         return method, "chosen by the caller"
-    from .abinitio import choose_method
+    from .solve import choose_method
 
     return choose_method(refl.cell, refl.d_min, n_reflections=len(refl.hkl),
                          spacegroup=refl.spacegroup,

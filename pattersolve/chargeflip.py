@@ -43,11 +43,15 @@ import numpy as np
 from .errors import ExitCode, PattersolveError
 from .fourier import HalfGrid, density_map, reciprocal_s2
 from .settings import (
+    CF_CONVERGED_RATIO,
     CF_CYCLES,
     CF_DELTA_SIGMA,
     CF_E_MAX,
+    CF_MIN_CYCLES,
     CF_N_SHELLS,
+    CF_SOLVED_RATIO,
     CF_STARTS,
+    CF_STOP_AFTER_CONVERGED,
     CF_WEAK_FRACTION,
 )
 from .symmetry import grid_for_chargeflip
@@ -119,8 +123,8 @@ def charge_flip(
     rng: np.random.Generator | None = None,
     weak_fraction: float = CF_WEAK_FRACTION,
     normalise: bool = True,
-    min_cycles: int = 100,
-    stop_after_converged: int = 150,
+    min_cycles: int = CF_MIN_CYCLES,
+    stop_after_converged: int = CF_STOP_AFTER_CONVERGED,
 ) -> ChargeFlipResult:
     """Solve phases of P1 half-sphere data by charge flipping.
 
@@ -207,7 +211,7 @@ def charge_flip(
             q = qn
             if cycle == 20:
                 plateau = float(np.mean(r_hist[10:21]))
-            if plateau is not None and converged_at is None and r < 0.8 * plateau:
+            if plateau is not None and converged_at is None and r < CF_CONVERGED_RATIO * plateau:
                 converged_at = cycle
             if (converged_at is not None and cycle >= min_cycles
                     and cycle - converged_at >= stop_after_converged):
@@ -218,7 +222,8 @@ def charge_flip(
         record = (final_r, start, q, plateau, converged_at is not None, len(r_hist))
         if best is None or final_r < best[0]:
             best = record
-        if converged_at is not None and n_starts > 1 and start >= 0 and final_r < 0.7 * plateau:
+        if (converged_at is not None and n_starts > 1 and start >= 0
+                and final_r < CF_SOLVED_RATIO * plateau):
             break  # a clear solution: further starts would only cost time
     assert best is not None
     final_r, start_index, q, plateau, converged, n_cyc = best

@@ -14,7 +14,8 @@ from typing import Any
 
 import gemmi
 
-from .settings import ATOMIC_D_MIN
+from .settings import ATOMIC_D_MIN, VOLUME_PER_ATOM
+from .symmetry import space_group_ops
 
 __all__ = ["domain_warnings", "TRAINING_CELL_EDGE", "TRAINING_D_MIN"]
 
@@ -23,7 +24,6 @@ TRAINING_CELL_EDGE = 20.0
 TRAINING_D_MIN = 1.5
 #: non-hydrogen atoms the training fragments hold at most (a dipeptide: ~20)
 TRAINING_MAX_ATOMS = 25
-VOLUME_PER_ATOM = 18.0
 
 
 def _edges(value: Any) -> list[float]:
@@ -54,7 +54,7 @@ def domain_warnings(cell: gemmi.UnitCell, d_min: float, n_reflections: int,
     """
     info = dict(model_info or {})
     out: list[str] = []
-    n_ops = len(spacegroup.operations()) if spacegroup is not None else 1
+    n_ops = len(space_group_ops(spacegroup))
     atoms_cell = cell.volume / VOLUME_PER_ATOM
     atoms_asu = atoms_cell / n_ops
     uses_network = method in (None, "network", "hybrid")

@@ -1,4 +1,4 @@
-"""Phases from densities, figures of merit and Hendrickson-Lattman coefficients.
+"""Phases from densities, amplitude residuals, figures of merit, Hendrickson-Lattman coefficients.
 
 Conventions (docs/conventions.md): ``F(h) = sum_j f_j exp(+2 pi i h.x_j)``,
 ``F = V * ifftn(rho)``. Phases are in radians unless a name says ``deg``.
@@ -12,9 +12,11 @@ series for moderate ``X`` and its asymptotic expansion for large ``X``.
 
 from __future__ import annotations
 
+import gemmi
 import numpy as np
 
-from .fourier import structure_factors_from_map
+from .fourier import d_spacings, structure_factors_from_map
+from .settings import FOM_MIN_PER_BIN, FOM_SIGMAA_RANGE
 
 #: Largest FOM converted to HL coefficients (m = 1 would need X = infinity).
 FOM_MAX = 0.9999
@@ -166,3 +168,50 @@ def centrosymmetry(rho: np.ndarray) -> float:
         return 1.0
     f = np.fft.fftn(r)
     return float(np.fft.ifftn(f * f).real.max() / norm)
+
+
+# ---------------------------------------------------------------------------------------------
+# amplitude residuals and figures of merit
+# ---------------------------------------------------------------------------------------------
+def amplitude_residual(f_obs: np.ndarray, f_calc: np.ndarray) -> float:
+    """``R = sum | |Fo| - k |Fc| | / sum |Fo|`` with ``k`` the least-squares scale."""
+    fo = np.abs(np.asarray(f_obs, dtype=np.complex128))
+    fc = np.abs(np.asarray(f_calc, dtype=np.complex128))
+    ok = np.isfinite(fo) & np.isfinite(fc)
+    fo, fc = fo[ok], fc[ok]
+    den = float((fc * fc).sum())
+    k = float((fo * fc).sum()) / den if den > 0 else 0.0
+    return float(np.abs(fo - k * fc).sum() / max(fo.sum(), 1e-30))
+
+
+def sigmaa_fom(hkl: np.ndarray, f_obs: np.ndarray, f_calc: np.ndarray, cell: gemmi.UnitCell,
+               min_per_bin: int = FOM_MIN_PER_BIN) -> np.ndarray:
+    """SigmaA-like figure of merit per reflection, an estimate that needs no truth.
+
+    In resolution bins of equal count (at least ``min_per_bin`` reflections) the normalised
+    amplitudes ``Eo``, ``Ec`` (observed, and of the model) give
+    ``sigmaA^2 = corr(Eo^2, Ec^2)`` (clipped to :data:`~pattersolve.settings.FOM_SIGMAA_RANGE`);
+    then ``m = I1(X) / I0(X)`` with ``X = 2 sigmaA Eo Ec / (1 - sigmaA^2)`` (acentric).
+
+    Reflections with a missing ``f_obs`` get the value computed with ``Eo = Ec``.
+    """
+    fo = np.abs(np.asarray(f_obs, dtype=np.float64))
+    fc = np.abs(np.asarray(f_calc, dtype=np.complex128))
+    d = d_spacings(cell, hkl)
+    order = np.argsort(-d)
+    n_bins = max(1, len(order) // max(1, min_per_bin))
+    fom = np.zeros(len(fo))
+    for chunk in np.array_split(order, n_bins):
+        o, c = fo[chunk], fc[chunk]
+        ok = np.isfinite(o)
+        if ok.sum() < 3 or (c * c).sum() <= 0:
+            fom[chunk] = 0.0
+            continue
+        eo = o / np.sqrt(np.mean(o[ok] ** 2))
+        ec = c / np.sqrt(np.mean(c**2))
+        cc = np.corrcoef(eo[ok] ** 2, ec[ok] ** 2)[0, 1]
+        sa2 = float(np.clip(np.nan_to_num(cc), *FOM_SIGMAA_RANGE))
+        eo = np.where(ok, eo, ec)
+        x = 2.0 * np.sqrt(sa2) * eo * ec / (1.0 - sa2)
+        fom[chunk] = bessel_ratio(x)
+    return fom

@@ -41,10 +41,7 @@ constrained density) is kept; this needs no truth.
   fixed envelope of 1.6 A spheres on the true atoms solves every map, 2.0 A spheres about two
   thirds (BENCHMARKS.md, envelope).
 
-Figure of merit (documented choice): a sigmaA-like estimate needing no truth. In resolution
-bins of equal count the normalised amplitudes ``Eo``, ``Ec`` (observed, and of the chosen
-model) give ``sigmaA^2 = corr(Eo^2, Ec^2)`` (clipped to [0.0025, 0.98]); then
-``m = I1(X) / I0(X)`` with ``X = 2 sigmaA Eo Ec / (1 - sigmaA^2)`` (acentric).
+The figure of merit of the result is :func:`pattersolve.phases.sigmaa_fom` (needs no truth).
 """
 
 from __future__ import annotations
@@ -66,13 +63,15 @@ from .fourier import (
     patterson_map,
     reciprocal_s2,
 )
-from .phases import bessel_ratio, phases_from_density
+from .phases import amplitude_residual, phases_from_density, sigmaa_fom
 from .settings import (
     DEFAULT_CYCLES,
     DEFAULT_STARTS,
     HYBRID_GUIDE_FRACTION,
     HYBRID_GUIDE_MIN_PACKING,
     HYBRID_GUIDE_WEIGHT,
+    HYBRID_NOISE_DEG,
+    HYBRID_SUPPORT_BLUR,
     PACKING_PER_ELECTRON,
     RAAR_BETA,
     REFINE_BLUR_END,
@@ -85,14 +84,6 @@ from .settings import (
     REFINE_SIGMA_K,
 )
 
-#: Phase noise (degrees, standard deviation) added to the prediction's phases per extra
-#: hybrid start: start i gets ``i * HYBRID_NOISE_DEG`` (capped at 90).
-HYBRID_NOISE_DEG = 25.0
-#: Blur (A) applied to a prediction before thresholding it into a support.
-HYBRID_SUPPORT_BLUR = 1.0
-#: Minimum number of reflections per sigmaA bin.
-FOM_MIN_PER_BIN = 40
-
 
 @dataclass
 class RefineResult:
@@ -104,7 +95,7 @@ class RefineResult:
         complex ``(n,)`` refined F on the input ``hkl``: measured amplitude x refined phase
         (the model's own ``k |Fc|`` where the amplitude is missing).
     fom
-        ``(n,)`` figure of merit in ``[0, 1]`` (sigmaA-like, see the module docstring).
+        ``(n,)`` figure of merit in ``[0, 1]`` (:func:`pattersolve.phases.sigmaa_fom`).
     density
         Final density on ``shape`` (float64, e/A^3): the map of ``f`` with ``F000``.
     residual_start
@@ -409,48 +400,6 @@ class _Engine:
                 support = self.shrinkwrap(p, HYBRID_SUPPORT_BLUR, REFINE_SHRINKWRAP_THRESHOLD)
         x = self.project_support(self.project_amplitudes(x), support)
         return x, support, self.g000
-
-
-# ---------------------------------------------------------------------------------------------
-# residuals and figures of merit
-# ---------------------------------------------------------------------------------------------
-def amplitude_residual(f_obs: np.ndarray, f_calc: np.ndarray) -> float:
-    """``R = sum | |Fo| - k |Fc| | / sum |Fo|`` with ``k`` the least-squares scale."""
-    fo = np.abs(np.asarray(f_obs, dtype=np.complex128))
-    fc = np.abs(np.asarray(f_calc, dtype=np.complex128))
-    ok = np.isfinite(fo) & np.isfinite(fc)
-    fo, fc = fo[ok], fc[ok]
-    den = float((fc * fc).sum())
-    k = float((fo * fc).sum()) / den if den > 0 else 0.0
-    return float(np.abs(fo - k * fc).sum() / max(fo.sum(), 1e-30))
-
-
-def sigmaa_fom(hkl: np.ndarray, f_obs: np.ndarray, f_calc: np.ndarray, cell: gemmi.UnitCell,
-               min_per_bin: int = FOM_MIN_PER_BIN) -> np.ndarray:
-    """SigmaA-like figure of merit per reflection (see the module docstring).
-
-    Reflections with a missing ``f_obs`` get the value computed with ``Eo = Ec``.
-    """
-    fo = np.abs(np.asarray(f_obs, dtype=np.float64))
-    fc = np.abs(np.asarray(f_calc, dtype=np.complex128))
-    d = d_spacings(cell, hkl)
-    order = np.argsort(-d)
-    n_bins = max(1, len(order) // max(1, min_per_bin))
-    fom = np.zeros(len(fo))
-    for chunk in np.array_split(order, n_bins):
-        o, c = fo[chunk], fc[chunk]
-        ok = np.isfinite(o)
-        if ok.sum() < 3 or (c * c).sum() <= 0:
-            fom[chunk] = 0.0
-            continue
-        eo = o / np.sqrt(np.mean(o[ok] ** 2))
-        ec = c / np.sqrt(np.mean(c**2))
-        cc = np.corrcoef(eo[ok] ** 2, ec[ok] ** 2)[0, 1]
-        sa2 = float(np.clip(np.nan_to_num(cc), 0.0025, 0.98))
-        eo = np.where(ok, eo, ec)
-        x = 2.0 * np.sqrt(sa2) * eo * ec / (1.0 - sa2)
-        fom[chunk] = bessel_ratio(x)
-    return fom
 
 
 # ---------------------------------------------------------------------------------------------

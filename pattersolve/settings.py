@@ -69,6 +69,12 @@ REFINE_SIGMA_K = 1.0  # measured amplitudes are met to within k * sigma
 #: Self-consistent F000 updates stay within these multiples of the Patterson estimate (the
 #: estimate is inflated by noise and missing reflections, rarely too low).
 REFINE_F000_RANGE = (0.5, 1.1)
+#: Phase noise (deg, standard deviation) added to the prediction's phases per extra hybrid
+#: start: start i gets ``i * HYBRID_NOISE_DEG`` (capped at 90).
+HYBRID_NOISE_DEG = 25.0
+HYBRID_SUPPORT_BLUR = 1.0  # A: blur of a prediction before it is thresholded into a support
+FOM_MIN_PER_BIN = 40  # reflections per sigmaA bin of the figure of merit, at least
+FOM_SIGMAA_RANGE = (0.0025, 0.98)  # sigmaA^2 is clipped to this range
 
 # --- charge flipping / ab initio (pattersolve.chargeflip, pattersolve.abinitio) ----------
 CF_DELTA_SIGMA = 1.3  # flipping threshold, units of the E-map r.m.s. (best on real data)
@@ -81,6 +87,25 @@ ATOMIC_D_MIN = 1.2  # charge flipping needs data to at least this resolution (A)
 ATOMIC_MAX_VOLUME = 20000.0  # and cells no bigger than this (A^3) for "auto"
 PEAK_MIN_DISTANCE = 0.7  # A: peaks closer than this (symmetry included) are merged
 PEAKS_MAX = 100  # --peaks: at most this many peaks (unique under the space group)
+CF_SAMPLE_RATE = 2.5  # charge-flipping and origin-location grids: about d_min / 2.5 spacing
+CF_MIN_CYCLES = 100  # a converged start runs at least this many cycles ...
+CF_STOP_AFTER_CONVERGED = 150  # ... and stops this many cycles after it converged
+CF_CONVERGED_RATIO = 0.8  # converged: R below this fraction of its plateau (cycles 10-20)
+CF_SOLVED_RATIO = 0.7  # a clear solution (no further starts): final R below this x plateau
+#: Thresholds tried in turn (units of the E-map r.m.s.) until one converges.
+CF_DELTAS: tuple[float, ...] = (CF_DELTA_SIGMA, 1.1, 1.5)
+CF_MAX_SECONDS = 120.0  # no further threshold is tried after this much time
+ATOMIC_MIN_COMPLETENESS = 0.7  # "auto" picks charge flipping only for data this complete
+#: Volume per non-hydrogen atom in organic crystals (A^3), Kempster & Lipson's 18 A^3 rule.
+VOLUME_PER_ATOM = 18.0
+RECYCLE_ITERATIONS = 8  # peak-recycling iterations after charge flipping
+RECYCLE_PEAKS_PER_ATOM = 1.2  # peaks recycled per expected atom of the asymmetric unit
+RECYCLE_PEAK_DISTANCE = 0.9  # A: recycled peaks closer than this are merged
+#: R(E) between the data and the peak model below which a solution counts as confident.
+CF_CONFIDENT_R = 0.40
+#: Mean symmetry agreement (correlation, pattersolve.symmetry) below which a located origin is
+#: doubtful: charge flipping is then not confident, and another method's solution stays P1.
+SYMMETRY_MIN_AGREEMENT = 0.6
 
 # --- hybrid hand-over (pattersolve.refine, first hybrid start) -------------------------------
 #: Weight of the prediction in the guided start's first iteration (falls linearly to 0).

@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import gemmi
 import numpy as np
 
 from . import settings
@@ -44,8 +45,7 @@ from .fourier import (
     patterson_map,
     structure_factors_from_map,
 )
-from .phases import centrosymmetry
-from .refine import amplitude_residual, sigmaa_fom
+from .phases import amplitude_residual, centrosymmetry, sigmaa_fom
 from .reflections import Reflections
 from .simulate import scale_to_unit_range
 from .symmetry import shift_phases
@@ -53,6 +53,30 @@ from .symmetry import shift_phases
 log = logging.getLogger("pattersolve")
 
 METHODS = ("network", "classical", "hybrid", "chargeflip")
+
+
+def choose_method(cell: gemmi.UnitCell, d_min: float, *, n_reflections: int | None = None,
+                  spacegroup: gemmi.SpaceGroup | None = None,
+                  completeness: float | None = None) -> tuple[str, str]:
+    """Pick ``"chargeflip"`` or ``"hybrid"`` for ``--method auto``, with the reason.
+
+    Charge flipping needs resolved atoms: ``d_min <= ATOMIC_D_MIN`` (1.2 A, Sheldrick's rule
+    for direct methods), a cell of at most ``ATOMIC_MAX_VOLUME`` A^3 (time and memory on a
+    laptop) and reasonably complete data (at least ``ATOMIC_MIN_COMPLETENESS`` when given),
+    all three in :mod:`pattersolve.settings`.
+    """
+    max_volume, min_complete = settings.ATOMIC_MAX_VOLUME, settings.ATOMIC_MIN_COMPLETENESS
+    if d_min > settings.ATOMIC_D_MIN:
+        return "hybrid", (f"data to {d_min:.2f} A do not resolve atoms (charge flipping needs "
+                          f"d_min <= {settings.ATOMIC_D_MIN} A): network prediction + refinement")
+    if cell.volume > max_volume:
+        return "hybrid", (f"cell volume {cell.volume:.0f} A^3 is above {max_volume:.0f} "
+                          "A^3 for charge flipping here: network prediction + refinement")
+    if completeness is not None and completeness < min_complete:
+        return "hybrid", (f"data only {100 * completeness:.0f} % complete; charge flipping "
+                          f"needs >= {100 * min_complete:.0f} %: network prediction + refinement")
+    return "chargeflip", (f"atomic resolution ({d_min:.2f} A) in a small cell "
+                          f"({cell.volume:.0f} A^3): charge flipping with origin location")
 
 
 @dataclass
@@ -359,14 +383,13 @@ def locate_in_spacegroup(refl: Reflections, sol: Solution) -> Solution:
 
     The origin shift that makes the P1 map agree best with the space-group operators is
     found (:func:`pattersolve.symmetry.locate_origin`). When the mean agreement exceeds
-    :data:`pattersolve.abinitio.CONFIDENT_SYMMETRY`, the solution is shifted, symmetrised
+    :data:`~pattersolve.settings.SYMMETRY_MIN_AGREEMENT`, the solution is shifted, symmetrised
     and marked confident and symmetric (written in the crystal's space group); otherwise it
     is returned unchanged, marked not confident, with a warning. P1 data are returned as
     they are (no symmetry to check).
     """
     if refl.spacegroup.number == 1 or sol.symmetric:
         return sol
-    from .abinitio import CONFIDENT_SYMMETRY
     from .symmetry import grid_for_chargeflip, locate_origin, symmetrise_map
 
     grid = grid_for_chargeflip(refl.cell, refl.hkl, refl.spacegroup)
@@ -376,16 +399,16 @@ def locate_in_spacegroup(refl: Reflections, sol: Solution) -> Solution:
         "spacegroup": refl.spacegroup.hm, "origin_shift": [round(float(x), 4)
                                                            for x in origin.shift],
         "agreement": [round(x, 3) for x in origin.agreement],
-        "mean_agreement": round(agreement, 3), "threshold": CONFIDENT_SYMMETRY,
+        "mean_agreement": round(agreement, 3), "threshold": settings.SYMMETRY_MIN_AGREEMENT,
     }
     log.info("symmetry check in %s: mean agreement %.2f after origin shift %s",
              refl.spacegroup.hm, agreement, " ".join(f"{x:.3f}" for x in origin.shift))
-    if agreement < CONFIDENT_SYMMETRY:
+    if agreement < settings.SYMMETRY_MIN_AGREEMENT:
         sol.confident = False
         sol.warnings.append(
             f"the {sol.method} solution does not obey the {refl.spacegroup.hm} symmetry (mean "
-            f"agreement {agreement:.2f}, want > {CONFIDENT_SYMMETRY}): treat the map as "
-            "unreliable")
+            f"agreement {agreement:.2f}, want > {settings.SYMMETRY_MIN_AGREEMENT}): treat the map "
+            "as unreliable")
         return sol
     vol = refl.cell.volume
     rho = symmetrise_map(density_map(refl.hkl, origin.f, grid, vol), refl.spacegroup)

@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import ExitCode, PattersolveError
 from .fourier import density_map, reciprocal_s2, sampled_grid_shape
+from .settings import CF_SAMPLE_RATE
 
 #: (R, t) pairs per space group (Hall symbol), converted once.
 _OPS: dict[str, tuple[tuple[np.ndarray, np.ndarray], ...]] = {}
@@ -72,7 +73,7 @@ def grid_factors(spacegroup: gemmi.SpaceGroup | None) -> tuple[int, int, int]:
 
 def grid_for_chargeflip(cell: gemmi.UnitCell, hkl: np.ndarray,
                         spacegroup: gemmi.SpaceGroup | None = None,
-                        sample: float = 2.5) -> tuple[int, int, int]:
+                        sample: float = CF_SAMPLE_RATE) -> tuple[int, int, int]:
     """Grid that holds ``hkl`` (|h| < n/2), about ``d_min / sample`` spacing, FFT-friendly
     sizes compatible with the space group's translations."""
     d_min = float(1.0 / np.sqrt(reciprocal_s2(cell, hkl).max()))

@@ -158,8 +158,8 @@ def test_peaks_symmetry_merge_and_pdb(tmp_path):
 
 
 def test_domain_warnings_and_method_choice():
-    from pattersolve.abinitio import choose_method
     from pattersolve.domain import domain_warnings
+    from pattersolve.solve import choose_method
 
     small = gemmi.UnitCell(7.8, 8.7, 10.9, 90, 103, 90)
     assert choose_method(small, 0.73)[0] == "chargeflip"

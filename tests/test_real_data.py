@@ -11,12 +11,13 @@ import gemmi
 import numpy as np
 import pytest
 
-from pattersolve.abinitio import choose_method, solve_atomic
+from pattersolve.abinitio import solve_atomic
 from pattersolve.domain import domain_warnings
 from pattersolve.peaks import min_distances, write_peaks_pdb
 from pattersolve.phasematch import match_phases
 from pattersolve.reflections import read_reflections
 from pattersolve.simulate import structure_factors
+from pattersolve.solve import choose_method
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 

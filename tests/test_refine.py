@@ -9,8 +9,8 @@ from pattersolve import fourier, synthetic
 from pattersolve import simulate as sim
 from pattersolve.errors import ExitCode, PattersolveError
 from pattersolve.phasematch import align_phases, match_phases
-from pattersolve.phases import phase_error_deg
-from pattersolve.refine import amplitude_residual, refine_phases, sigmaa_fom
+from pattersolve.phases import amplitude_residual, phase_error_deg, sigmaa_fom
+from pattersolve.refine import refine_phases
 
 # the Ala-Ala dipeptide of PDB 1AKZ 113-114 (pattersolve.synthetic), heavy atoms
 ELEMENTS, ALA_ALA = synthetic.ala_ala()
