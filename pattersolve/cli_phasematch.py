@@ -11,7 +11,7 @@ import numpy as np
 from . import __version__
 from .errors import ExitCode, PattersolveError
 from .fourier import d_spacings
-from .output import check_writable, write_atomic, write_json
+from .output import write_json
 from .phasematch import (
     PhaseMatch,
     comparison_group,
@@ -20,6 +20,7 @@ from .phasematch import (
     read_map_coefficients,
 )
 from .settings import N_RESOLUTION_BINS
+from .transaction import check_writable, write_atomic
 
 PROG = "pattersolve-phasematch"
 

@@ -488,12 +488,13 @@ def _choose_labels(mtz: gemmi.Mtz, path: str, f_label: str | None, phi_label: st
     if f_label or phi_label:
         if not (f_label and phi_label):
             raise PattersolveError(f"{path}: give both the amplitude and the phase label",
-                                   "use --labels F,PHI", ExitCode.COLUMNS)
+                                   "use --ref-labels or --test-labels F,PHI", ExitCode.COLUMNS)
         for lab in (f_label, phi_label):
             if lab not in labels:
                 raise PattersolveError(
                     f"{path}: no column {lab!r} (columns: {', '.join(labels)})",
-                    "pick labels from the list with --labels F,PHI", ExitCode.COLUMNS)
+                    "pick labels from the list with --ref-labels or --test-labels F,PHI",
+                    ExitCode.COLUMNS)
         return f_label, phi_label
     for f, p in MAP_COEFFICIENT_LABELS:
         if f in f_cols and p in p_cols:
