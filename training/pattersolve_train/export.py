@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from pattersolve import __version__
 from pattersolve.errors import ExitCode, PattersolveError
@@ -48,7 +49,7 @@ from pattersolve.runtime import sha256_file
 
 from .card import card_body
 from .evaluate import PAPER
-from .train import TrainConfig, config_for_run, model_weights, read_checkpoint
+from .train import METRICS, TrainConfig, as_float32, load_run_model
 
 FP16_TOLERANCE = 1e-3  # relative RMS change of a map's output, fp16 vs fp32 weights
 ONNX_TOLERANCE = 1e-4
@@ -205,53 +206,88 @@ def export_model(run_dir: str | os.PathLike[str], name: str,
     The directory is assembled under a temporary name and renamed into place, so a reader
     never sees a half-written model.
     """
-    import onnx
-    import onnxruntime as ort
+    import onnx  # noqa: F401  (missing ONNX tools fail before anything is read or written)
+    import onnxruntime  # noqa: F401
     from safetensors.torch import save_file
 
     run_dir = Path(run_dir)
-    cfg = config_for_run(run_dir)
-    tensors, ckpt = read_checkpoint(run_dir)
+    cfg, model, ckpt = load_run_model(run_dir)
     target = Path(models_dir) / name
     if target.exists() and not overwrite:
         raise PattersolveError(f"{target} exists", "add --overwrite or choose another --name",
                                ExitCode.OUTPUT)
     if not name or "/" in name or name.startswith("."):
         raise PattersolveError(f"bad model name {name!r}", "use e.g. alaala-10A", ExitCode.USAGE)
-
-    model = PattersonNet(cfg.network)
-    model.load_state_dict(model_weights(tensors))
-    model.eval()
     x = validation_batch(cfg)
-    state = model.state_dict()
-    half = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
-    model16 = PattersonNet(cfg.network)
-    model16.load_state_dict({k: (v.float() if v.is_floating_point() else v)
-                             for k, v in half.items()})
+    half, model16, fp16_diff = fp16_weights(model, x)
+    use_fp16 = fp16_diff < FP16_TOLERANCE
+    stored, exported = (half, model16) if use_fp16 else (model.state_dict(), model)
+    evaluation = _read_json(run_dir / "evaluation" / "evaluation.json")
+    rotations = _read_json(run_dir / "evaluation-rotations" / "evaluation.json")
+    meta = model_metadata(name, cfg, ckpt, task or describe_task(cfg), evaluation,
+                          last_validation(run_dir))
+
+    Path(models_dir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=models_dir))
+    try:
+        save_file({k: v.contiguous() for k, v in stored.items()}, str(work / "model.safetensors"),
+                  metadata=meta)
+        onnx_path = work / "model.onnx"
+        write_onnx(exported, onnx_path, meta, use_fp16)
+        onnx_diff = check_onnx(onnx_path, exported, x, meta)
+        weights_dtype = "fp16" if use_fp16 else "fp32"
+        card = {"name": name, "metadata": meta,
+                "sha256": {"model.safetensors": sha256_file(work / "model.safetensors"),
+                           "model.onnx": sha256_file(onnx_path)},
+                "evaluation": evaluation,
+                **({"evaluation_rotations": rotations} if rotations else {}),
+                "training": cfg.to_dict(),
+                "export": {"weights_dtype": weights_dtype, "fp16_rel_rms": fp16_diff,
+                           "onnx_max_diff": onnx_diff, "step": ckpt.get("step")}}
+        _write_card(work, run_dir, card, cfg, dict(ckpt, n_parameters=count_parameters(model)))
+        _publish(work, target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return ExportResult(directory=target, weights_dtype=weights_dtype, fp16_rel_rms=fp16_diff,
+                        onnx_max_diff=onnx_diff, card=card)
+
+
+def fp16_weights(model: nn.Module, x: torch.Tensor
+                 ) -> tuple[dict[str, torch.Tensor], nn.Module, float]:
+    """The state dict in fp16, a copy of the network computing with those values (in fp32,
+    eval mode), and the largest relative RMS change of a map's output on the batch ``x``."""
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    model16 = PattersonNet(model.cfg)
+    model16.load_state_dict(as_float32(half))
     model16.eval()
     with torch.no_grad():
-        ref = model(x)
-        a, b = ref.flatten(1), model16(x).flatten(1)
+        a, b = model(x).flatten(1), model16(x).flatten(1)
         fp16_diff = float(((b - a).norm(dim=1) / a.norm(dim=1).clamp_min(1e-12)).max())
-    use_fp16 = fp16_diff < FP16_TOLERANCE
-    stored, exported = (half, model16) if use_fp16 else (state, model)
+    return half, model16, fp16_diff
 
-    evaluation: dict[str, Any] = {}
-    ev_path = run_dir / "evaluation" / "evaluation.json"
-    if ev_path.is_file():
-        evaluation = json.loads(ev_path.read_text())
-    rotations: dict[str, Any] = {}
-    rot_path = run_dir / "evaluation-rotations" / "evaluation.json"
-    if rot_path.is_file():
-        rotations = json.loads(rot_path.read_text())
-    last_val = {}
-    metrics_path = run_dir / "metrics.jsonl"
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON file's content, or ``{}`` where there is no such file."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def last_validation(run_dir: Path) -> dict[str, Any]:
+    """The run's last validation record in ``metrics.jsonl`` (loss, CC, centrosymmetry, step)."""
+    last_val: dict[str, Any] = {}
+    metrics_path = run_dir / METRICS
     if metrics_path.is_file():
         for line in metrics_path.read_text().splitlines():
             rec = json.loads(line)
             if "val_cc" in rec:
                 last_val = {k: rec[k] for k in ("val_loss", "val_cc", "val_centrosymmetry",
                                                 "step") if k in rec}
+    return last_val
+
+
+def model_metadata(name: str, cfg: TrainConfig, ckpt: dict[str, Any], task: str,
+                   evaluation: dict[str, Any], last_val: dict[str, Any]) -> dict[str, str]:
+    """The metadata both weight files carry (the module docstring lists the keys)."""
     metrics = {k: evaluation[k] for k in ("n", "median_cc", "median_twin_cc",
                                           "median_centrosymmetry",
                                           "median_phase_error_weighted",
@@ -260,88 +296,94 @@ def export_model(run_dir: str | os.PathLike[str], name: str,
     if evaluation:
         metrics["random_floor"] = evaluation["random_floor"]
     metrics.update(last_val)
-    meta = {
+    return {
         "format": "pattersolve-model-1",
         "name": name,
         "config": cfg.network.to_json(),
         "grid_spacing": str(float(cfg.data.grid_spacing)),
         "d_min": str(float(cfg.data.d_min)),
         "cell": json.dumps(list(cfg.data.cell) if cfg.data.cell else None),
-        "task": task or describe_task(cfg),
+        "task": task,
         "normalisation": "minmax-per-map",
         "training_data": str(ckpt.get("training_data", "")),
         "metrics": json.dumps(metrics, sort_keys=True),
         "pattersolve_version": __version__,
     }
 
-    Path(models_dir).mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=models_dir))
-    try:
-        save_file({k: v.contiguous() for k, v in stored.items()}, str(work / "model.safetensors"),
-                  metadata=meta)
-        onnx_path = work / "model.onnx"
-        dyn = {0: "batch", 2: "nu", 3: "nv", 4: "nw"}
-        with warnings.catch_warnings():  # the legacy exporter announces its removal
-            warnings.simplefilter("ignore", DeprecationWarning)
-            # fp16 weights: keep BatchNorm unfused (PRESERVE on an eval-mode model), so
-            # every initializer is exactly the fp16 value stored in the safetensors file
-            mode = torch.onnx.TrainingMode.PRESERVE if use_fp16 else \
-                torch.onnx.TrainingMode.EVAL
-            torch.onnx.export(exported, (torch.zeros(1, 1, 16, 16, 16),), str(onnx_path),
-                              dynamo=False, opset_version=17, input_names=["patterson"],
-                              output_names=["density"], training=mode,
-                              do_constant_folding=not use_fp16,  # keep initializers as stored
-                              dynamic_axes={"patterson": dyn, "density": dyn})
-        proto = onnx.load(str(onnx_path))
-        if use_fp16:
-            fp16_initializers(proto)
-        onnx.helper.set_model_props(proto, meta)
-        onnx.checker.check_model(proto)
-        onnx.save(proto, str(onnx_path))
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        # Two probes: the real Patterson maps of the fp16 check (in distribution; a random
-        # map can drive tanh into saturation, where any two backends agree) and random values
-        # on a grid of other, unequal sizes (the dynamic axes).
-        gen = torch.Generator().manual_seed(1)
-        probe = torch.rand(ONNX_CHECK_SHAPE, generator=gen) * 2 - 1
-        onnx_diff = 0.0
-        for batch in (x, probe):
-            with torch.no_grad():
-                want = exported(batch).numpy()
-            got = sess.run(["density"], {"patterson": batch.numpy()})[0]
-            onnx_diff = max(onnx_diff, float(np.abs(got - want).max()))
-        if onnx_diff >= ONNX_TOLERANCE or sess.get_modelmeta().custom_metadata_map != meta:
-            raise RuntimeError(f"ONNX check failed: max diff {onnx_diff:.2e} on validation "
-                               f"maps and {ONNX_CHECK_SHAPE}, or metadata not read back")
-        sums = {"model.safetensors": sha256_file(work / "model.safetensors"),
-                "model.onnx": sha256_file(onnx_path)}
-        weights_dtype = "fp16" if use_fp16 else "fp32"
-        ckpt = dict(ckpt, n_parameters=count_parameters(model))
-        card = {"name": name, "metadata": meta, "sha256": sums, "evaluation": evaluation,
-                **({"evaluation_rotations": rotations} if rotations else {}),
-                "training": cfg.to_dict(),
-                "export": {"weights_dtype": weights_dtype, "fp16_rel_rms": fp16_diff,
-                           "onnx_max_diff": onnx_diff, "step": ckpt.get("step")}}
-        (work / "card.json").write_text(json.dumps(card, indent=1) + "\n")
-        plots = sorted((run_dir / "evaluation").glob("*.png"))
-        for png in plots:  # the evaluation's figures travel with the card
-            shutil.copyfile(png, work / png.name)
-        (work / "README.md").write_text(
-            _card_head(name, meta, cfg, ckpt, sums, weights_dtype)
-            + card_body(name, evaluation, rotations, _paper(cfg, evaluation),
-                        [png.name for png in plots]))
-        if target.exists():
-            shutil.rmtree(target)
-        work.chmod(0o755)  # mkdtemp makes 0700: a published model is world-readable
-        for child in work.iterdir():
-            child.chmod(0o644)
-        os.replace(work, target)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return ExportResult(directory=target, weights_dtype=weights_dtype, fp16_rel_rms=fp16_diff,
-                        onnx_max_diff=onnx_diff, card=card)
+def write_onnx(model: nn.Module, path: Path, meta: dict[str, str], fp16: bool) -> None:
+    """Export ``model`` to ``path`` (legacy exporter, opset 17, dynamic batch and grid) with
+    ``meta`` as its ``metadata_props``; with ``fp16`` weights the initializers are stored as
+    the fp16 values themselves (:func:`fp16_initializers`)."""
+    import onnx
+
+    dyn = {0: "batch", 2: "nu", 3: "nv", 4: "nw"}
+    with warnings.catch_warnings():  # the legacy exporter announces its removal
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # fp16 weights: keep BatchNorm unfused (PRESERVE on an eval-mode model), so
+        # every initializer is exactly the fp16 value stored in the safetensors file
+        mode = torch.onnx.TrainingMode.PRESERVE if fp16 else torch.onnx.TrainingMode.EVAL
+        torch.onnx.export(model, (torch.zeros(1, 1, 16, 16, 16),), str(path),
+                          dynamo=False, opset_version=17, input_names=["patterson"],
+                          output_names=["density"], training=mode,
+                          do_constant_folding=not fp16,  # keep initializers as stored
+                          dynamic_axes={"patterson": dyn, "density": dyn})
+    proto = onnx.load(str(path))
+    if fp16:
+        fp16_initializers(proto)
+    onnx.helper.set_model_props(proto, meta)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def check_onnx(path: Path, model: nn.Module, x: torch.Tensor, meta: dict[str, str]) -> float:
+    """The largest absolute difference of ONNX Runtime's output from torch's; raises
+    ``RuntimeError`` when it reaches :data:`ONNX_TOLERANCE` or the metadata does not read back.
+
+    Two probes: the real Patterson maps ``x`` of the fp16 check (in distribution; a random map
+    can drive tanh into saturation, where any two backends agree) and random values on a grid
+    of other, unequal sizes (the dynamic axes).
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(1)
+    probe = torch.rand(ONNX_CHECK_SHAPE, generator=gen) * 2 - 1
+    onnx_diff = 0.0
+    for batch in (x, probe):
+        with torch.no_grad():
+            want = model(batch).numpy()
+        got = sess.run(["density"], {"patterson": batch.numpy()})[0]
+        onnx_diff = max(onnx_diff, float(np.abs(got - want).max()))
+    if onnx_diff >= ONNX_TOLERANCE or sess.get_modelmeta().custom_metadata_map != meta:
+        raise RuntimeError(f"ONNX check failed: max diff {onnx_diff:.2e} on validation "
+                           f"maps and {ONNX_CHECK_SHAPE}, or metadata not read back")
+    return onnx_diff
+
+
+def _write_card(work: Path, run_dir: Path, card: dict[str, Any], cfg: TrainConfig,
+                ckpt: dict[str, Any]) -> None:
+    """``card.json``, the run's evaluation figures and ``README.md`` (head and body)."""
+    (work / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    plots = sorted((run_dir / "evaluation").glob("*.png"))
+    for png in plots:  # the evaluation's figures travel with the card
+        shutil.copyfile(png, work / png.name)
+    name, evaluation = card["name"], card["evaluation"]
+    (work / "README.md").write_text(
+        _card_head(name, card["metadata"], cfg, ckpt, card["sha256"],
+                   card["export"]["weights_dtype"])
+        + card_body(name, evaluation, card.get("evaluation_rotations") or {},
+                    _paper(cfg, evaluation), [png.name for png in plots]))
+
+
+def _publish(work: Path, target: Path) -> None:
+    """Move the assembled folder into place (replacing ``target``), world-readable."""
+    if target.exists():
+        shutil.rmtree(target)
+    work.chmod(0o755)  # mkdtemp makes 0700: a published model is world-readable
+    for child in work.iterdir():
+        child.chmod(0o644)
+    os.replace(work, target)
