@@ -1,8 +1,8 @@
 """Does a global (Fourier) layer help, does the twin loss, beyond training-seed noise?
 
 ``--setup 2`` (default): seven networks of the first CPU all-12A's recipe
-(``training/configs/all_12A.toml``: 0.33 M parameters, 2,000 steps x 16 on one thread, 12 A
-cube, all residues), each evaluated on the same 489 test maps (``evaluate --n 500``).
+(``training/configs/experiments/all_12A.toml``: 0.33 M parameters, 2,000 steps x 16 on one
+thread, 12 A cube, all residues), each evaluated on the same 489 test maps (``evaluate --n 500``).
 ``--setup hard``: four networks of stage 1 of hard-tri (``hard_tri.toml``: packed cells of
 tripeptides, 2.5 A data, 2,000 x 16), with and without the Fourier layer, on the same 200 test
 maps (``evaluate --n 200``) and, because the hard regime's target is network + refinement, on
@@ -99,6 +99,12 @@ TITLE = ("{title} ablation on a CPU ({when}, {machine}, {cpus} CPUs; networks of
 SHOWN = ("twin_cc", "map_cc", "phase_error_weighted")
 
 
+def _config(name: str) -> Path:
+    """A config of the ablation: ``training/configs/<name>``, else ``.../experiments/<name>``."""
+    top = CONFIGS / name
+    return top if top.is_file() else CONFIGS / "experiments" / name
+
+
 def _cli(*args: str) -> None:
     """Run ``pattersolve-train``; its own summary lines go to stderr, the tables to stdout."""
     subprocess.run([sys.executable, "-m", "pattersolve_train.cli", *args], check=True,
@@ -165,7 +171,7 @@ def main() -> None:
         else:
             run = args.runs / name
             if not _finished(run):
-                _cli("fit", "--config", str(CONFIGS / config), "--seed", str(seed),
+                _cli("fit", "--config", str(_config(config)), "--seed", str(seed),
                      "--out", str(run), "--quiet")
             source = ["--run", str(run)]
             if setup.hybrid and not (model / setup.model).is_dir():

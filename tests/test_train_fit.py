@@ -116,11 +116,11 @@ def test_paper_configs_match_the_notes() -> None:
         assert (c.gamma1, c.phase1_epochs, c.gamma2) == (0.86, 12, 0.9991)
     assert (c2.data.residues, c2.batch_size * c2.grad_accum, c2.epochs) == ("all", 928, 200)
     assert (c2.gamma1, c2.phase1_epochs, c2.gamma2) == (0.91, 18, 0.9989)
-    for name in ("cpu_1b", "cpu_2", "hard", "tiny"):
+    for name in ("cpu_1b", "hard_tri", "tiny"):
         cfg = T.load_config(CONFIGS / f"{name}.toml")
         if name != "tiny":
             assert cfg.network.enc_channels % 16 == 0 and cfg.network.feat_channels % 16 == 0
-    configs = {p.stem: T.load_config(p) for p in sorted(CONFIGS.glob("*.toml"))}  # all load
+    configs = {p.stem: T.load_config(p) for p in sorted(CONFIGS.rglob("*.toml"))}  # all load
     robust, shipped = configs["gpu_2_robust"], configs["gpu_2"]
     # the fine-tune is the shipped model's task and network, with degraded inputs only
     assert robust.network == shipped.network and robust.data.augmented
