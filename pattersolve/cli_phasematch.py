@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from pathlib import Path
 
 import click
 import numpy as np
@@ -11,7 +12,7 @@ import numpy as np
 from . import __version__
 from .errors import ExitCode, PattersolveError
 from .fourier import d_spacings
-from .output import write_json
+from .output import json_text
 from .phasematch import (
     PhaseMatch,
     comparison_group,
@@ -20,7 +21,7 @@ from .phasematch import (
     read_map_coefficients,
 )
 from .settings import N_RESOLUTION_BINS
-from .transaction import check_writable, write_atomic
+from .transaction import OutputSet
 
 PROG = "pattersolve-phasematch"
 
@@ -78,7 +79,8 @@ def _table(match: PhaseMatch, floor: PhaseMatch) -> str:
     return "\n".join(lines)
 
 
-def _plot(match: PhaseMatch, floor: PhaseMatch, path: str, overwrite: bool = False) -> None:
+def _plot(match: PhaseMatch, floor: PhaseMatch, path: str) -> None:
+    """Draw the per-bin errors into the PNG file ``path`` (a staged temporary file)."""
     try:
         import matplotlib
 
@@ -110,21 +112,15 @@ def _plot(match: PhaseMatch, floor: PhaseMatch, path: str, overwrite: bool = Fal
     fig.suptitle(f"weighted {match.weighted_error:.1f} deg, CC {match.map_cc:.3f}")
     fig.tight_layout()
     try:
-        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), overwrite)
+        fig.savefig(path, dpi=100, format="png")
     finally:
         plt.close(fig)
 
 
-def run(ref: str, test: str, ref_labels: str | None, test_labels: str | None,
-        d_min: float | None, bins: int, plot: str | None, json_path: str | None,
-        seed: int, overwrite: bool = False) -> dict:
-    """The command's work, returning the JSON document (also used by tests)."""
-    for out in (plot, json_path):  # refuse before any work, like pattersolve itself
-        if out:
-            check_writable(out, overwrite)
-    if plot and importlib.util.find_spec("matplotlib") is None:
-        raise PattersolveError("--plot needs matplotlib", "pip install 'pattersolve[plot]'",
-                               ExitCode.USAGE)
+def _compare(ref: str, test: str, ref_labels: str | None, test_labels: str | None,
+             d_min: float | None, bins: int, seed: int
+             ) -> tuple[PhaseMatch, PhaseMatch, dict | None]:
+    """Read both files, choose the group, and match (the result and the random floor)."""
     cell, sg_r, hkl_r, f_r = read_map_coefficients(ref, *_labels(ref_labels, "--ref-labels"))
     cell_t, sg_t, hkl_t, f_t = read_map_coefficients(test, *_labels(test_labels, "--test-labels"))
     sg, expansion = comparison_group((ref, cell, sg_r), (test, cell_t, sg_t))
@@ -141,14 +137,34 @@ def run(ref: str, test: str, ref_labels: str | None, test_labels: str | None,
                                "check the files and --d-min", ExitCode.DATA)
     match = match_phases(hkl, fr, ft, cell, sg, n_bins=bins)
     floor = random_phase_floor(hkl, fr, cell, np.random.default_rng(seed), sg, n_bins=bins)
-    click.echo(_table(match, floor))
-    doc = {"program": PROG, "version": __version__, "reference": str(ref), "test": str(test),
-           "expanded_to_p1": expansion, "result": match.to_dict(),
-           "random_phase_floor": floor.to_dict()}
-    if json_path:
-        write_json(json_path, doc, overwrite)
-    if plot:
-        _plot(match, floor, plot, overwrite)
+    return match, floor, expansion
+
+
+def run(ref: str, test: str, ref_labels: str | None, test_labels: str | None,
+        d_min: float | None, bins: int, plot: str | None, json_path: str | None,
+        seed: int, overwrite: bool = False) -> dict:
+    """The command's work, returning the JSON document (also used by tests).
+
+    The outputs (--json, --plot) are one :class:`~pattersolve.transaction.OutputSet`: checked
+    and locked before any work, staged beside their targets, and renamed into place together
+    once both are written, so a failure leaves the folder as it was.
+    """
+    if plot and importlib.util.find_spec("matplotlib") is None:
+        raise PattersolveError("--plot needs matplotlib", "pip install 'pattersolve[plot]'",
+                               ExitCode.USAGE)
+    with OutputSet([plot, json_path], overwrite, protect=[ref, test]) as outputs:
+        match, floor, expansion = _compare(ref, test, ref_labels, test_labels, d_min, bins,
+                                           seed)
+        click.echo(_table(match, floor))
+        doc = {"program": PROG, "version": __version__, "reference": str(ref),
+               "test": str(test), "expanded_to_p1": expansion, "result": match.to_dict(),
+               "random_phase_floor": floor.to_dict()}
+        if json_path:
+            text = json_text(doc)
+            outputs.stage(json_path, lambda tmp: Path(tmp).write_text(text))
+        if plot:
+            outputs.stage(plot, lambda tmp: _plot(match, floor, tmp))
+        outputs.commit()
     return doc
 
 

@@ -314,3 +314,25 @@ def test_expand_to_p1_agrees_with_gemmi_mtz_expand_to_p1(tmp_path):
     assert len(table) == len(hkl)
     g = np.array([table[tuple(h)] for h in hkl.tolist()])
     assert np.allclose(g, f, atol=1e-5 * np.abs(f).max())
+
+
+def test_cli_outputs_replaced_together_or_not_at_all(tmp_path, monkeypatch):
+    """A failure while drawing the plot leaves the old JSON and plot as they were."""
+    import pattersolve.cli_phasematch as cpm
+    from pattersolve.errors import ExitCode
+
+    sym, _ = _p1_and_p21_files(tmp_path)
+    out_json, out_png = tmp_path / "old.json", tmp_path / "old.png"
+    out_json.write_text("old json")
+    out_png.write_bytes(b"old png")
+
+    def broken_plot(*args, **kwargs):
+        raise PattersolveError("cannot draw", "none", ExitCode.OUTPUT)
+
+    monkeypatch.setattr(cpm, "_plot", broken_plot)
+    res = CliRunner().invoke(main, [str(sym), str(sym), "--bins", "3", "--json", str(out_json),
+                                    "--plot", str(out_png), "--overwrite"])
+    assert res.exit_code == 9, res.output
+    assert out_json.read_text() == "old json" and out_png.read_bytes() == b"old png"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.json", "old.png", "p1.mtz",
+                                                           "p21.mtz"]
