@@ -336,21 +336,10 @@ def prepare(source: str | os.PathLike[str] | None, out: str | os.PathLike[str],
     """
     import time
 
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     src = Path(source) if source is not None else default_source()
-    if not src.exists():
-        raise PattersolveError(f"source {src} does not exist",
-                               "give --source DIR|TARBALL (the default is the shared PDownB "
-                               "tarball in ../shared/data/pdb)", ExitCode.INPUT_MISSING)
+    _check_request(src, shard, opts)
     k, n = shard
-    if not (n >= 1 and 0 <= k < n):
-        raise PattersolveError(f"--shard {k}/{n} is invalid", "use k/n with 0 <= k < n",
-                               ExitCode.USAGE)
-    if opts.length < 1:
-        raise PattersolveError("--length must be at least 1", "use --length 2 for dipeptides",
-                               ExitCode.USAGE)
     entries = list_source(src)
     sdir = Path(split_dir) if split_dir is not None else (src.parent if src.is_file() else src)
     split_of = read_split_files(sdir)
@@ -364,6 +353,44 @@ def prepare(source: str | os.PathLike[str] | None, out: str | os.PathLike[str],
     mine = [p for i, p in enumerate(plan) if i % n == k]
     todo = [p for p in mine if not (outdir / shard_path(p[0], p[1])).is_file()]
     wanted = {ident: entries[ident] for _, _, ids in todo for ident in ids}
+    written, errors = write_shards(src, outdir, todo, wanted, opts, workers, progress)
+
+    manifest_written = False
+    n_frag_total = 0
+    if all((outdir / shard_path(s, i)).is_file() for s, i, _ in plan):
+        split_method = "hash-90-5-5" if split_of is None else f"files:{sdir.name}"
+        n_frag_total = _write_full_manifest(outdir, plan, opts, src.name, split_method)
+        manifest_written = True
+    return PrepareReport(n_entries=len(wanted), n_fragments=n_frag_total, n_shards_written=written,
+                         n_shards_skipped=len(mine) - len(todo), manifest_written=manifest_written,
+                         errors=errors, seconds=time.perf_counter() - t0)
+
+
+def _check_request(src: Path, shard: tuple[int, int], opts: PrepareOptions) -> None:
+    """Refuse a missing source, a bad ``--shard k/n`` and a fragment length under 1."""
+    if not src.exists():
+        raise PattersolveError(f"source {src} does not exist",
+                               "give --source DIR|TARBALL (the default is the shared PDownB "
+                               "tarball in ../shared/data/pdb)", ExitCode.INPUT_MISSING)
+    k, n = shard
+    if not (n >= 1 and 0 <= k < n):
+        raise PattersolveError(f"--shard {k}/{n} is invalid", "use k/n with 0 <= k < n",
+                               ExitCode.USAGE)
+    if opts.length < 1:
+        raise PattersolveError("--length must be at least 1", "use --length 2 for dipeptides",
+                               ExitCode.USAGE)
+
+
+def write_shards(src: Path, outdir: Path, todo: list[tuple[str, int, list[str]]],
+                 wanted: dict[str, str], opts: PrepareOptions, workers: int,
+                 progress: bool) -> tuple[int, list[str]]:
+    """Extract the ``wanted`` entries (id -> member or path) in one pass over the source and
+    write each shard of ``todo`` as soon as all its entries are parsed.
+
+    Returns the number of shards written and the errors (one line per entry that failed).
+    """
+    from tqdm import tqdm
+
     results: dict[str, list[Fragment]] = {}
     errors: list[str] = []
     written = 0
@@ -402,24 +429,25 @@ def prepare(source: str | os.PathLike[str] | None, out: str | os.PathLike[str],
         if left and not (outdir / shard_path(*key)).is_file():
             errors.extend(f"{ident}: not read from the source" for ident in left)
             finish(key)
+    return written, errors
 
-    manifest_written = False
+
+def _write_full_manifest(outdir: Path, plan: list[tuple[str, int, list[str]]],
+                         opts: PrepareOptions, source_name: str, split_method: str) -> int:
+    """``manifest.json`` over every shard of the plan (all written); returns the number of
+    fragments in them."""
+    shards = []
     n_frag_total = 0
-    if all((outdir / shard_path(s, i)).is_file() for s, i, _ in plan):
-        shards = []
-        for s, i, _ in plan:
-            path = outdir / shard_path(s, i)
-            count = len(read_shard(path))
-            n_frag_total += count
-            shards.append({"path": shard_path(s, i), "split": s, "n_fragments": count,
-                           "sha256": sha256_file(path)})
-        config = asdict(opts) | {
-            "source": src.name,
-            "split_method": "hash-90-5-5" if split_of is None else f"files:{sdir.name}",
-            "n_entries": {s: sum(len(ids) for sp, _, ids in plan if sp == s) for s in SPLITS},
-        }
-        write_manifest(outdir, config, shards)
-        manifest_written = True
-    return PrepareReport(n_entries=len(wanted), n_fragments=n_frag_total, n_shards_written=written,
-                         n_shards_skipped=len(mine) - len(todo), manifest_written=manifest_written,
-                         errors=errors, seconds=time.perf_counter() - t0)
+    for s, i, _ in plan:
+        path = outdir / shard_path(s, i)
+        count = len(read_shard(path))
+        n_frag_total += count
+        shards.append({"path": shard_path(s, i), "split": s, "n_fragments": count,
+                       "sha256": sha256_file(path)})
+    config = asdict(opts) | {
+        "source": source_name,
+        "split_method": split_method,
+        "n_entries": {s: sum(len(ids) for sp, _, ids in plan if sp == s) for s in SPLITS},
+    }
+    write_manifest(outdir, config, shards)
+    return n_frag_total
