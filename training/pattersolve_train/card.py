@@ -192,45 +192,16 @@ def refresh_card(model_dir: str | os.PathLike[str], evaluation_dir: str | os.Pat
         (exit code 11). Nothing is written then.
     """
     model_dir = Path(model_dir)
-    card_path, readme_path = model_dir / "card.json", model_dir / "README.md"
-    if not card_path.is_file() or not readme_path.is_file():
-        raise PattersolveError(f"{model_dir} has no card.json and README.md",
-                               "give a folder written by `pattersolve-train export`",
-                               ExitCode.INPUT_MISSING)
-    card = json.loads(card_path.read_text())
-    name = card.get("name", model_dir.name)
-    readme = readme_path.read_text()
+    card, readme = _read_card(model_dir)
     at = readme.find("\n" + EVALUATION_HEADING + "\n")
-    if at < 0 or "sha256" not in card:
-        raise PattersolveError(f"{readme_path} has no '{EVALUATION_HEADING}' section or "
-                               "card.json no checksums", "re-export the model", ExitCode.MODEL)
-    weights_sha = card["sha256"]["model.safetensors"]
-
+    name = card.get("name", model_dir.name)
     checks: dict[str, Any] = {}
     new: dict[str, dict[str, Any]] = {}
     for key, folder in (("evaluation", evaluation_dir), ("evaluation_rotations", rotations_dir)):
-        if folder is None:
-            continue
-        ev = _read_evaluation(Path(folder), rotations=key == "evaluation_rotations")
-        if ev.get("model_sha256") != weights_sha:
-            raise PattersolveError(
-                f"{folder}/evaluation.json is not an evaluation of {model_dir}/model.safetensors "
-                f"(SHA-256 {str(ev.get('model_sha256'))[:12]}..., the card's "
-                f"{weights_sha[:12]}...)",
-                f"run `pattersolve-train evaluate --model {model_dir} --out {folder}`",
-                ExitCode.USAGE)
-        ev.pop("reproduction", None)  # an `--expect` check of the evaluation, not of the card
-        if card.get(key):
-            check = check_reproduction(ev, card[key], name)
-            checks[key] = check.as_json()
-            if not check.reproduced:
-                raise PattersolveError(
-                    f"{folder} does not reproduce the card of {name} "
-                    f"({'; '.join(check.lines()[-1:])})",
-                    "a card is refreshed only with its own numbers: export a new model to "
-                    "change them", ExitCode.NOT_REPRODUCED)
-        new[key] = ev
-
+        if folder is not None:
+            new[key], check = _checked_evaluation(card, key, Path(folder), model_dir)
+            if check is not None:
+                checks[key] = check
     missing = [p for p in PLOTS if not (Path(evaluation_dir) / p).is_file()]
     if missing:
         raise PattersolveError(f"{evaluation_dir} has no {', '.join(missing)}",
@@ -242,21 +213,71 @@ def refresh_card(model_dir: str | os.PathLike[str], evaluation_dir: str | os.Pat
     card["card_refreshed"] = record
     body = card_body(name, card["evaluation"], card.get("evaluation_rotations") or {},
                      card["evaluation"].get("paper"), list(PLOTS))
+    _replace_files(model_dir, {p: Path(evaluation_dir) / p for p in PLOTS},
+                   {"card.json": json.dumps(card, indent=1) + "\n",
+                    "README.md": readme[:at + 1] + body})
+    return record
+
+
+def _read_card(model_dir: Path) -> tuple[dict[str, Any], str]:
+    """card.json and README.md of an exported model (one with checksums and an evaluation
+    section)."""
+    card_path, readme_path = model_dir / "card.json", model_dir / "README.md"
+    if not card_path.is_file() or not readme_path.is_file():
+        raise PattersolveError(f"{model_dir} has no card.json and README.md",
+                               "give a folder written by `pattersolve-train export`",
+                               ExitCode.INPUT_MISSING)
+    card = json.loads(card_path.read_text())
+    readme = readme_path.read_text()
+    if "\n" + EVALUATION_HEADING + "\n" not in readme or "sha256" not in card:
+        raise PattersolveError(f"{readme_path} has no '{EVALUATION_HEADING}' section or "
+                               "card.json no checksums", "re-export the model", ExitCode.MODEL)
+    return card, readme
+
+
+def _checked_evaluation(card: dict[str, Any], key: str, folder: Path, model_dir: Path
+                        ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The evaluation in ``folder`` for the card's ``key``, refused unless it is of the card's
+    weights and reproduces the card's numbers (where the card has them); and that check."""
+    weights_sha = card["sha256"]["model.safetensors"]
+    name = card.get("name", model_dir.name)
+    ev = _read_evaluation(folder, rotations=key == "evaluation_rotations")
+    if ev.get("model_sha256") != weights_sha:
+        raise PattersolveError(
+            f"{folder}/evaluation.json is not an evaluation of {model_dir}/model.safetensors "
+            f"(SHA-256 {str(ev.get('model_sha256'))[:12]}..., the card's "
+            f"{weights_sha[:12]}...)",
+            f"run `pattersolve-train evaluate --model {model_dir} --out {folder}`",
+            ExitCode.USAGE)
+    ev.pop("reproduction", None)  # an `--expect` check of the evaluation, not of the card
+    if not card.get(key):
+        return ev, None
+    check = check_reproduction(ev, card[key], name)
+    if not check.reproduced:
+        raise PattersolveError(
+            f"{folder} does not reproduce the card of {name} "
+            f"({'; '.join(check.lines()[-1:])})",
+            "a card is refreshed only with its own numbers: export a new model to "
+            "change them", ExitCode.NOT_REPRODUCED)
+    return ev, check.as_json()
+
+
+def _replace_files(folder: Path, copies: dict[str, Path], texts: dict[str, str]) -> None:
+    """Stage every file (copies of files, and texts) beside its target, then move them all
+    into place (0644); nothing staged is left behind on an error."""
     staged: list[tuple[Path, Path]] = []
-    try:  # stage every file, then move them into place
-        for p in PLOTS:
-            tmp = model_dir / f".{p}.tmp"
-            shutil.copyfile(Path(evaluation_dir) / p, tmp)
-            staged.append((tmp, model_dir / p))
-        for target, text in ((card_path, json.dumps(card, indent=1) + "\n"),
-                             (readme_path, readme[:at + 1] + body)):
-            tmp = model_dir / f".{target.name}.tmp"
+    try:
+        for name, source in copies.items():
+            tmp = folder / f".{name}.tmp"
+            shutil.copyfile(source, tmp)
+            staged.append((tmp, folder / name))
+        for name, text in texts.items():
+            tmp = folder / f".{name}.tmp"
             tmp.write_text(text)
-            staged.append((tmp, target))
+            staged.append((tmp, folder / name))
         for tmp, target in staged:
             tmp.chmod(0o644)
             os.replace(tmp, target)
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
-    return record
