@@ -146,3 +146,16 @@ HAND_MAX_NETWORK_RESIDUAL = 0.60
 # --- progress of long work (pattersolve.progress) ----------------------------------------------
 PROGRESS_DELAY = 3.0  # s: no progress shown for work shorter than this
 PROGRESS_EVERY = 10.0  # s: between progress lines in a log (not a terminal)
+
+# --- input checks (pattersolve.formats, pattersolve.reflections) ------------------------------
+#: Smallest plausible d (A) of a measured reflection: below it the cell or the index is wrong.
+#: d_min = lambda / 2 at best; Ag K-alpha (0.56 A) reaches 0.28 A, and charge-density studies
+#: stop near sin(theta)/lambda = 2 A^-1 (d = 0.25 A), where atomic scattering has faded into
+#: the noise. 0.2 A (sin(theta)/lambda = 2.5 A^-1) is beyond any X-ray or electron data set.
+MIN_D_SPACING = 0.2
+#: Smallest plausible cell volume (A^3): one atom. Diamond, the densest packing of atoms in any
+#: crystal at ambient pressure, has 5.7 A^3 per atom (a = 3.567 A, 8 atoms).
+MIN_CELL_VOLUME = 5.0
+#: Largest |h|, |k|, |l| read from a text file before the cell is checked (beyond int32, the
+#: index cannot even be stored; anything near it is a corrupt line).
+MAX_READ_INDEX = 2**31 - 1
