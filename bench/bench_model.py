@@ -1,0 +1,267 @@
+"""First models from measured small-molecule data: atoms found, elements right, molecules whole.
+
+Every data set of ``../shared/data/real_small`` and the two small molecules of
+``../shared/data/real`` is phased by the default pipeline (``pattersolve.phase(path)``, at the
+data's own resolution; the cell and space group from the ``.res``/``.cif`` beside the data,
+given as ``cell=``/``spacegroup=`` where its name differs from the data's). A model is built
+from the solution's peaks and map (:func:`pattersolve.molecule.model_from_solution`) twice:
+with the formula of the refined model's file (SFAC/UNIT of ``model.res``, else the CIF's
+``_chemical_formula_sum``) and without a formula. The ``.res`` is written and read back with
+the strict reader (:func:`pattersolve.shelx.read_res`), and its atoms are scored against the
+refined model's non-hydrogen atoms after the origin and hand search of
+:func:`pattersolve.phasematch.match_phases` (X-ray structure factors of the refined model):
+
+* within 0.3 A: the fraction of the model's non-H atoms with a written atom (not a Q-peak)
+  within 0.3 A (symmetry and lattice images included);
+* element right: the fraction of the model's non-H atoms with a written atom of the same
+  element within 0.3 A (with the formula);
+* largest molecule: whether one symmetry image of the largest written fragment puts an atom
+  within 0.3 A of every atom of the model's largest molecule (assembled by the same code).
+
+    nice -n 10 python bench/bench_model.py              # all sets, writes bench/results/model.txt
+    python bench/bench_model.py --sets tonto_ylid,sucrose_P21_smallmol --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import gemmi  # noqa: E402
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+RESULT = REPO / "bench" / "results" / "model.txt"
+NEAR = 0.3  # A
+REAL_SETS = (("sucrose_P21_smallmol", "sucrose.hkl", "sucrose.cif"),
+             ("epoxide_P21n_smallmol", "epoxide.hkl", "epoxide.cif"))
+
+
+@dataclass
+class DataSet:
+    """A data set, the refined model's file and the file the formula comes from."""
+
+    name: str
+    data: Path
+    model: Path
+    formula_file: Path
+    give_symmetry: bool
+
+
+def discover(shared: Path = SHARED) -> list[DataSet]:
+    """The two small molecules of ``real`` and every set of ``real_small``."""
+    sets = [DataSet(folder, shared / "real" / folder / hkl, shared / "real" / folder / cif,
+                    shared / "real" / folder / cif, False)
+            for folder, hkl, cif in REAL_SETS if (shared / "real" / folder / hkl).is_file()]
+    small = shared / "real_small"
+    for folder in sorted(p for p in small.iterdir() if p.is_dir()) if small.is_dir() else []:
+        res, cif = folder / "model.res", folder / "model.cif"
+        model = cif if cif.is_file() else res
+        if (folder / "data.hkl").is_file() and model.is_file():
+            sets.append(DataSet(folder.name, folder / "data.hkl", model,
+                                res if res.is_file() else cif, True))
+    return sets
+
+
+def refined_model(ds: DataSet) -> gemmi.SmallStructure:
+    """The refined model (``.res`` read by bench_real's reader, gemmi does not read them)."""
+    if ds.model.suffix == ".res":
+        sys.path.insert(0, str(REPO / "bench"))
+        from bench_real import read_res
+
+        return read_res(ds.model)
+    ss = gemmi.read_small_structure(str(ds.model))
+    ss.change_occupancies_to_crystallographic()
+    ss.setup_cell_images()
+    return ss
+
+
+def solve(ds: DataSet):
+    """``pattersolve.phase`` on the data, with the model file's symmetry where needed."""
+    import pattersolve
+    from pattersolve.formats import symmetry_from_file
+
+    kw = {}
+    if ds.give_symmetry:
+        cell, sg = symmetry_from_file(ds.formula_file)
+        kw = {"cell": cell.parameters, "spacegroup": sg.xhm()}
+    return pattersolve.phase(str(ds.data), **kw)
+
+
+def frame(sol, ss: gemmi.SmallStructure):
+    """Origin shift and hand of the solution against the refined model."""
+    from pattersolve.phasematch import match_phases
+    from pattersolve.simulate import structure_factors
+
+    sites = ss.get_all_unit_cell_sites()
+    frac = np.array([[s.fract.x, s.fract.y, s.fract.z] for s in sites])
+    b = np.array([8 * np.pi ** 2 * max(s.u_iso, 0.005) for s in sites])
+    f_model = structure_factors(frac, [s.element.name for s in sites], b, sol.cell, sol.hkl,
+                                np.array([s.occ for s in sites]))
+    return match_phases(sol.hkl, f_model, sol.f, sol.cell, spacegroup=sol.spacegroup)
+
+
+def heavy_atoms(ss: gemmi.SmallStructure) -> tuple[np.ndarray, list[str]]:
+    """The refined model's non-H atoms of the asymmetric unit."""
+    sites = [s for s in ss.sites if not s.element.is_hydrogen]
+    return (np.array([[s.fract.x, s.fract.y, s.fract.z] for s in sites]).reshape(-1, 3),
+            [s.element.name for s in sites])
+
+
+def nearest(a: np.ndarray, b: np.ndarray, cell: gemmi.UnitCell, sg: gemmi.SpaceGroup
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """For each point of ``a``: distance to the nearest symmetry/lattice image of a point of
+    ``b``, and which point of ``b`` that is (-1 when ``b`` is empty)."""
+    from pattersolve.peaks import min_distances
+
+    if len(b) == 0:
+        return np.full(len(a), np.inf), np.full(len(a), -1)
+    d = np.stack([min_distances(a, b[j:j + 1], cell, sg) for j in range(len(b))], axis=1)
+    return d.min(axis=1), d.argmin(axis=1)
+
+
+def covers(written: np.ndarray, molecule: np.ndarray, cell: gemmi.UnitCell,
+           sg: gemmi.SpaceGroup) -> int:
+    """The most atoms of ``molecule`` that one symmetry image of the fragment ``written``
+    (both fractional, in the same frame) puts an atom within NEAR of."""
+    orth = np.array(cell.orth.mat, dtype=np.float64)
+    best = 0
+    for op in sg.operations():
+        rot, tran = np.array(op.rot, float) / op.DEN, np.array(op.tran, float) / op.DEN
+        image = written @ rot.T + tran
+        base = np.rint(molecule.mean(axis=0) - image.mean(axis=0))
+        for shift in np.ndindex(3, 3, 3):
+            moved = image + base + np.array(shift) - 1.0
+            d = np.linalg.norm((molecule[:, None, :] - moved[None, :, :]) @ orth.T, axis=-1)
+            best = max(best, int((d.min(axis=1) < NEAR).sum()))
+    return best
+
+
+def score(model, text: str, match, ss: gemmi.SmallStructure) -> dict:
+    """Scores of a written .res against the refined model (see the module's description)."""
+    from pattersolve.molecule import assemble
+    from pattersolve.shelx import read_res
+
+    res = read_res(text)  # strict: what a refinement program would read
+    assert len(res.atoms) == len(model.atoms) and len(res.qpeaks) == len(model.qpeaks)
+    sg, cell = model.spacegroup, model.cell
+    sign = -1.0 if match.inverted else 1.0
+    written = np.array([a.frac for a in res.atoms]).reshape(-1, 3) * sign + match.shift
+    ref, ref_el = heavy_atoms(ss)
+    d, j = nearest(ref, written, cell, sg)
+    right = [k >= 0 and dk < NEAR and res.atoms[k].element == e
+             for dk, k, e in zip(d, j, ref_el, strict=True)]
+    pos, frags = assemble(ref, ref_el, cell, sg)
+    molecule = pos[frags[0]]
+    largest = written[model.fragments[0]] if model.fragments else np.zeros((0, 3))
+    n_cov = covers(largest, molecule, cell, sg) if len(largest) else 0
+    return {"near": float(np.mean(d < NEAR)), "element": float(np.mean(right)),
+            "n_ref": len(ref), "n_written": len(res.atoms), "n_frag": len(model.fragments),
+            "largest": len(largest), "molecule": len(molecule), "covered": n_cov}
+
+
+def run(ds: DataSet) -> dict:
+    """Phase one data set, build the models with and without the formula, score them."""
+    from pattersolve.molecule import model_from_solution, model_res_text
+    from pattersolve.shelx import formula_from_file
+
+    t0 = time.perf_counter()
+    sol = solve(ds)
+    t_phase = time.perf_counter() - t0
+    ss = refined_model(ds)
+    match = frame(sol, ss)
+    formula = formula_from_file(ds.formula_file)
+    ins = ds.formula_file if ds.formula_file.suffix == ".res" else None
+    t1 = time.perf_counter()
+    with_f = model_from_solution(sol, formula)
+    text = model_res_text(with_f, ins=ins)
+    t_model = time.perf_counter() - t1
+    without = model_from_solution(sol)
+    row = {"name": ds.name, "sg": sol.spacegroup.hm, "d_min": float(sol.reflections.d_min),
+           "confident": sol.confident, "phase_error": float(match.weighted_error),
+           "formula": str(formula), "t_phase": t_phase, "t_model": t_model,
+           **score(with_f, text, match, ss)}
+    row["near_no_formula"] = score(without, model_res_text(without), match, ss)["near"]
+    row["n_no_formula"] = len(without.atoms)
+    return row
+
+
+def machine() -> str:
+    """nproc, the CPU model and the date."""
+    model = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(
+        ["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
+        if ln.startswith("Model name")), "unknown CPU")
+    return (f"machine: nproc {len(os.sched_getaffinity(0))}, {model}; OMP_NUM_THREADS="
+            f"{os.environ.get('OMP_NUM_THREADS')}; date {dt.date.today().isoformat()}")
+
+
+HEADER = ("| data set | space group | d_min (A) | confident / phase err. (deg) | non-H atoms | "
+          "written atoms / fragments | within 0.3 A | element right | largest fragment: "
+          "covers the largest molecule | no formula: atoms / within 0.3 A | s (phase + model) |")
+
+
+def table_row(r: dict) -> str:
+    """One markdown row."""
+    if "error" in r:
+        return f"| {r['name']} | failed: {r['error']} |" + " |" * 9
+    cov = "yes" if r["covered"] == r["molecule"] else "no"
+    return (f"| {r['name']} | {r['sg']} | {r['d_min']:.2f} | {'yes' if r['confident'] else 'no'}"
+            f" / {r['phase_error']:.0f} | {r['n_ref']} | {r['n_written']} / {r['n_frag']} | "
+            f"{100 * r['near']:.0f} % | {100 * r['element']:.0f} % | {cov} ({r['covered']}/"
+            f"{r['molecule']} atoms; fragment {r['largest']}) | {r['n_no_formula']} / "
+            f"{100 * r['near_no_formula']:.0f} % | {r['t_phase']:.0f} + {r['t_model']:.1f} |")
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """Totals over the sets (atoms pooled) and how many meet each target."""
+    ok = [r for r in rows if "error" not in r]
+    n = sum(r["n_ref"] for r in ok) or 1
+    near = sum(r["near"] * r["n_ref"] for r in ok) / n
+    elem = sum(r["element"] * r["n_ref"] for r in ok) / n
+    return [f"pooled over {len(ok)} sets ({n} non-H atoms): within 0.3 A {100 * near:.1f} %, "
+            f"element right {100 * elem:.1f} %",
+            f"sets meeting the targets: within 0.3 A >= 90 %: "
+            f"{sum(r['near'] >= 0.9 for r in ok)}/{len(ok)}; element right >= 85 %: "
+            f"{sum(r['element'] >= 0.85 for r in ok)}/{len(ok)}; largest molecule covered: "
+            f"{sum(r['covered'] == r['molecule'] for r in ok)}/{len(ok)}"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sets", help="comma-separated folder names (default: all)")
+    ap.add_argument("--no-write", action="store_true", help=f"do not write {RESULT}")
+    args = ap.parse_args(argv)
+    sets = discover()
+    if not sets:
+        raise SystemExit(f"no data under {SHARED}: the benchmark needs the shared data")
+    if args.sets:
+        sets = [s for s in sets if s.name in args.sets.split(",")]
+    lines = [machine(), "command: nice -n 10 python bench/bench_model.py"
+             + (f" --sets {args.sets}" if args.sets else ""), "", HEADER,
+             "|" + "---|" * 11]
+    print("\n".join(lines), flush=True)
+    rows = []
+    for ds in sets:
+        try:
+            rows.append(run(ds))
+        except Exception as exc:  # a failed set is a row, not the end of the bench
+            rows.append({"name": ds.name, "error": f"{type(exc).__name__}: {exc}"[:120]})
+        lines.append(table_row(rows[-1]))
+        print(lines[-1], flush=True)
+    lines += ["", *summary(rows)]
+    print("\n".join(lines[-2:]))
+    if not args.no_write:
+        RESULT.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
