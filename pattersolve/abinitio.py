@@ -27,7 +27,7 @@ from typing import Any
 import gemmi
 import numpy as np
 
-from .chargeflip import charge_flip, normalise_amplitudes
+from .chargeflip import ChargeFlipResult, charge_flip, normalise_amplitudes
 from .errors import ExitCode, PattersolveError
 from .fourier import density_map
 from .peaks import Peaks, find_peaks
@@ -45,6 +45,7 @@ from .settings import (
 )
 from .solve import choose_method
 from .symmetry import (
+    OriginResult,
     grid_for_chargeflip,
     locate_origin,
     space_group_ops,
@@ -133,6 +134,86 @@ def _recycle(hkl: np.ndarray, e: np.ndarray, f_start: np.ndarray, cell: gemmi.Un
     return phase, peaks, r, it
 
 
+@dataclass
+class _Job:
+    """The usable data of one :func:`solve_atomic` call, its grid and its peak budget."""
+
+    hkl: np.ndarray  # usable reflections only
+    amp: np.ndarray
+    e: np.ndarray  # normalised amplitudes
+    cell: gemmi.UnitCell
+    sg: gemmi.SpaceGroup
+    shape: tuple[int, int, int]
+    n_exp: float  # expected atoms per asymmetric unit
+    n_peaks: int  # peaks of the recycled model
+
+    @classmethod
+    def make(cls, hkl: np.ndarray, amp: np.ndarray, cell: gemmi.UnitCell, sg: gemmi.SpaceGroup,
+             shape: Sequence[int] | None) -> _Job:
+        if shape is None:
+            shape = grid_for_chargeflip(cell, hkl, sg)
+        shape = tuple(int(n) for n in shape)
+        e = normalise_amplitudes(hkl, amp, cell, sg)
+        n_exp = expected_atoms(cell, sg)
+        n_peaks = max(2, int(np.ceil(RECYCLE_PEAKS_PER_ATOM * n_exp)))
+        return cls(hkl=hkl, amp=amp, e=e, cell=cell, sg=sg, shape=shape, n_exp=n_exp,
+                   n_peaks=n_peaks)
+
+
+@dataclass
+class _Candidate:
+    """One flipping threshold's solution, located and recycled."""
+
+    delta: float
+    cf: ChargeFlipResult
+    origin: OriginResult
+    phase: np.ndarray  # unit complex phases on the usable reflections
+    r_model: float  # R(E) of the peak model
+    n_it: int  # recycling iterations run
+
+
+def _solve_at(job: _Job, delta: float, cycles: int, n_starts: int, rng: np.random.Generator,
+              recycle_iterations: int, timing: dict[str, float]) -> _Candidate:
+    """Charge flipping at one threshold, origin location and peak recycling (timed)."""
+    t = time.perf_counter()
+    cf = charge_flip(job.hkl, job.amp, job.cell, job.shape, spacegroup=job.sg, delta=delta,
+                     cycles=cycles, n_starts=n_starts, rng=rng)
+    timing["chargeflip"] += time.perf_counter() - t
+    t = time.perf_counter()
+    origin = locate_origin(job.hkl, cf.f, job.cell, job.sg, job.shape)
+    timing["origin"] += time.perf_counter() - t
+    t = time.perf_counter()
+    if recycle_iterations > 0:
+        phase, _, r_model, n_it = _recycle(job.hkl, job.e, origin.f, job.cell, job.sg,
+                                          job.shape, job.n_peaks, recycle_iterations)
+    else:
+        phase = origin.f / np.maximum(np.abs(origin.f), 1e-30)
+        emap = symmetrise_map(density_map(job.hkl, job.e * phase, job.shape, job.cell.volume),
+                              job.sg)
+        pk = find_peaks(emap, job.cell, job.sg, n_max=job.n_peaks,
+                        min_distance=RECYCLE_PEAK_DISTANCE)
+        s = peak_model_f(job.hkl, pk, job.sg)
+        r_model = _r_e(job.e, normalise_amplitudes(job.hkl, np.abs(s), job.cell, job.sg))
+        n_it = 0
+    timing["recycle"] += time.perf_counter() - t
+    return _Candidate(delta=delta, cf=cf, origin=origin, phase=phase, r_model=r_model,
+                      n_it=n_it)
+
+
+def _confidence(best: _Candidate, method: str, warnings: list[str]) -> tuple[bool, float]:
+    """Whether the solution is convincing (a warning when not), and the mean agreement."""
+    agreement = best.origin.agreement
+    mean_sym = float(np.mean(agreement)) if agreement else 1.0
+    confident = bool(best.r_model < CF_CONFIDENT_R and mean_sym > SYMMETRY_MIN_AGREEMENT
+                     and method == "chargeflip")
+    if not confident:
+        warnings.append(
+            f"charge flipping found no convincing solution (R(E) of the peak model "
+            f"{best.r_model:.2f}, want < {CF_CONFIDENT_R}; symmetry agreement {mean_sym:.2f}, "
+            f"want > {SYMMETRY_MIN_AGREEMENT}): treat the map as unreliable")
+    return confident, mean_sym
+
+
 def solve_atomic(
     reflections: Any,
     *,
@@ -186,71 +267,38 @@ def solve_atomic(
     method, reason = choose_method(cell, d_min, spacegroup=sg)
     if method != "chargeflip":
         warnings.append(f"charge flipping outside its range: {reason}")
-    hkl_u, amp_u = hkl[ok], amp[ok]
-    if shape is None:
-        shape = grid_for_chargeflip(cell, hkl_u, sg)
-    shape = tuple(int(n) for n in shape)
-    e = normalise_amplitudes(hkl_u, amp_u, cell, sg)
-    n_exp = expected_atoms(cell, sg)
-    n_peaks = max(2, int(np.ceil(RECYCLE_PEAKS_PER_ATOM * n_exp)))
+    job = _Job.make(hkl[ok], amp[ok], cell, sg, shape)
     timing = {"chargeflip": 0.0, "origin": 0.0, "recycle": 0.0}
-    best: dict[str, Any] | None = None
+    best: _Candidate | None = None
     for delta in deltas:
-        t = time.perf_counter()
-        cf = charge_flip(hkl_u, amp_u, cell, shape, spacegroup=sg, delta=delta, cycles=cycles,
-                         n_starts=n_starts, rng=rng)
-        timing["chargeflip"] += time.perf_counter() - t
-        t = time.perf_counter()
-        origin = locate_origin(hkl_u, cf.f, cell, sg, shape)
-        timing["origin"] += time.perf_counter() - t
-        t = time.perf_counter()
-        if recycle_iterations > 0:
-            phase, _, r_model, n_it = _recycle(hkl_u, e, origin.f, cell, sg, shape, n_peaks,
-                                              recycle_iterations)
-        else:
-            phase = origin.f / np.maximum(np.abs(origin.f), 1e-30)
-            emap = symmetrise_map(density_map(hkl_u, e * phase, shape, cell.volume), sg)
-            pk = find_peaks(emap, cell, sg, n_max=n_peaks, min_distance=RECYCLE_PEAK_DISTANCE)
-            s = peak_model_f(hkl_u, pk, sg)
-            r_model = _r_e(e, normalise_amplitudes(hkl_u, np.abs(s), cell, sg))
-            n_it = 0
-        timing["recycle"] += time.perf_counter() - t
-        cand = {"delta": delta, "cf": cf, "origin": origin, "phase": phase,
-                "r_model": r_model, "n_it": n_it}
-        if best is None or r_model < best["r_model"]:
+        cand = _solve_at(job, delta, cycles, n_starts, rng, recycle_iterations, timing)
+        if best is None or cand.r_model < best.r_model:
             best = cand
-        if best["r_model"] < CF_CONFIDENT_R or time.perf_counter() - t0 > max_seconds:
+        if best.r_model < CF_CONFIDENT_R or time.perf_counter() - t0 > max_seconds:
             break
     assert best is not None
-    cf, origin, phase = best["cf"], best["origin"], best["phase"]
-    f_u = amp_u * phase
-    density = symmetrise_map(density_map(hkl_u, f_u, shape, cell.volume), sg)
-    emap = symmetrise_map(density_map(hkl_u, e * phase, shape, cell.volume), sg)
-    peaks = find_peaks(emap, cell, sg, n_max=max(n_peaks, int(np.ceil(2 * n_exp))),
+    cf, origin, shape = best.cf, best.origin, job.shape
+    f_u = job.amp * best.phase
+    density = symmetrise_map(density_map(job.hkl, f_u, shape, cell.volume), sg)
+    emap = symmetrise_map(density_map(job.hkl, job.e * best.phase, shape, cell.volume), sg)
+    peaks = find_peaks(emap, cell, sg, n_max=max(job.n_peaks, int(np.ceil(2 * job.n_exp))),
                        min_distance=RECYCLE_PEAK_DISTANCE)
-    agreement_final = symmetry_agreement(density_map(hkl_u, origin.f, shape, cell.volume), sg) \
-        if len(sg.operations()) > 1 else []
+    agreement_final = symmetry_agreement(density_map(job.hkl, origin.f, shape, cell.volume),
+                                         sg) if len(sg.operations()) > 1 else []
     f = np.zeros(len(hkl), dtype=np.complex128)
     f[ok] = f_u
-    mean_sym = float(np.mean(origin.agreement)) if origin.agreement else 1.0
-    confident = bool(best["r_model"] < CF_CONFIDENT_R and mean_sym > SYMMETRY_MIN_AGREEMENT
-                     and method == "chargeflip")
-    if not confident:
-        warnings.append(
-            f"charge flipping found no convincing solution (R(E) of the peak model "
-            f"{best['r_model']:.2f}, want < {CF_CONFIDENT_R}; symmetry agreement {mean_sym:.2f}, "
-            f"want > {SYMMETRY_MIN_AGREEMENT}): treat the map as unreliable")
-    centro = sg.operations().is_centrosymmetric()
+    confident, mean_sym = _confidence(best, method, warnings)
     fom = {
         "r_flip": cf.r_factor, "r_plateau": cf.r_start, "converged": cf.converged,
-        "cycles": cf.cycles_run, "delta": best["delta"], "r_model": best["r_model"],
+        "cycles": cf.cycles_run, "delta": best.delta, "r_model": best.r_model,
         "symmetry_agreement_mean": mean_sym, "symmetry_agreement_located": agreement_final,
-        "n_peaks_model": n_peaks, "expected_atoms_asu": n_exp,
-        "recycle_iterations": best["n_it"], "grid": list(shape), "d_min": d_min,
+        "n_peaks_model": job.n_peaks, "expected_atoms_asu": job.n_exp,
+        "recycle_iterations": best.n_it, "grid": list(shape), "d_min": d_min,
     }
     return AtomicResult(
         method="chargeflip", density=density, shape=shape, f=f, phases=np.angle(f),
         origin_shift=np.asarray(origin.shift), symmetry_agreement=list(origin.agreement),
-        peaks=peaks, fom=fom, confident=confident, hand_determined=bool(centro),
+        peaks=peaks, fom=fom, confident=confident,
+        hand_determined=bool(sg.operations().is_centrosymmetric()),
         warnings=warnings, seconds=time.perf_counter() - t0, timing=timing,
     )

@@ -110,6 +110,65 @@ class ChargeFlipResult:
     seconds: float = 0.0
 
 
+@dataclass
+class _Flipping:
+    """One charge-flipping problem: E values, weak/strong split, threshold, half grid."""
+
+    e: np.ndarray  # |E| (or |F|) per reflection
+    weak: np.ndarray  # bool: the smallest E, whose phases are shifted by 90 deg
+    threshold: float  # flip grid values below this (map units of irfftn(Q))
+    grid: HalfGrid
+    shape: tuple[int, int, int]
+
+    @classmethod
+    def make(cls, hkl: np.ndarray, e: np.ndarray, shape: tuple[int, int, int],
+             delta_sigma: float, weak_fraction: float) -> _Flipping:
+        npts = float(np.prod(shape))
+        # r.m.s. of the map irfftn(Q) without F000, by Parseval: sum over the full sphere of |E|^2
+        rms = np.sqrt(2.0 * np.sum(e**2)) / npts
+        n_weak = int(round(weak_fraction * len(e)))
+        weak = np.zeros(len(e), dtype=bool)
+        if n_weak > 0:
+            weak[np.argsort(e)[:n_weak]] = True
+        return cls(e=e, weak=weak, threshold=delta_sigma * rms, grid=HalfGrid(hkl, shape),
+                   shape=shape)
+
+    def run(self, q: np.ndarray, cycles: int, min_cycles: int, stop_after_converged: int
+            ) -> tuple[np.ndarray, list[float], float | None, int | None]:
+        """Flip from ``q`` (``conj(F)`` on the reflections). Returns the last ``q``, R per cycle,
+        the plateau R (cycles 10-20) and the cycle R first fell below
+        ``CF_CONVERGED_RATIO`` of it (None: not converged)."""
+        e, weak, hg, shape = self.e, self.weak, self.grid, self.shape
+        strong = ~weak
+        e_strong_sum = e[strong].sum()
+        grid = hg.scatter(q)
+        r_hist: list[float] = []
+        plateau = None
+        converged_at = None
+        for cycle in range(cycles):
+            rho = np.fft.irfftn(grid, s=shape, axes=(0, 1, 2))
+            rho = np.where(rho > self.threshold, rho, -rho)
+            g_grid = np.fft.rfftn(rho)
+            g = hg.gather(g_grid)
+            mod = np.abs(g)
+            r = float(np.abs(e[strong] - mod[strong]).sum() / e_strong_sum)
+            r_hist.append(r)
+            phase = g / np.maximum(mod, 1e-30)
+            qn = np.where(weak, g * 1j, e * phase)
+            g000 = g_grid[0, 0, 0]
+            grid = hg.scatter(qn)
+            grid[0, 0, 0] = g000
+            q = qn
+            if cycle == 20:
+                plateau = float(np.mean(r_hist[10:21]))
+            if plateau is not None and converged_at is None and r < CF_CONVERGED_RATIO * plateau:
+                converged_at = cycle
+            if (converged_at is not None and cycle >= min_cycles
+                    and cycle - converged_at >= stop_after_converged):
+                break
+        return q, r_hist, plateau, converged_at
+
+
 def charge_flip(
     hkl: np.ndarray,
     amplitude: np.ndarray,
@@ -175,47 +234,12 @@ def charge_flip(
     shape = tuple(int(n) for n in shape)
     delta_sigma = CF_DELTA_SIGMA if delta is None else float(delta)
     e = normalise_amplitudes(hkl, amplitude, cell, spacegroup) if normalise else amplitude.copy()
-    hg = HalfGrid(hkl, shape)
-    npts = float(np.prod(shape))
-    # r.m.s. of the map irfftn(Q) without F000, by Parseval: sum over the full sphere of |E|^2
-    rms = np.sqrt(2.0 * np.sum(e**2)) / npts
-    thr = delta_sigma * rms
-    n_weak = int(round(weak_fraction * len(e)))
-    weak = np.zeros(len(e), dtype=bool)
-    if n_weak > 0:
-        weak[np.argsort(e)[:n_weak]] = True
-    strong = ~weak
-    e_strong_sum = e[strong].sum()
-
+    flip = _Flipping.make(hkl, e, shape, delta_sigma, weak_fraction)
     best = None
     r_all: list[float] = []
     for start in range(n_starts):
         q = e * np.exp(1j * rng.uniform(0, 2 * np.pi, len(e)))
-        grid = hg.scatter(q)
-        r_hist: list[float] = []
-        plateau = None
-        converged_at = None
-        for cycle in range(cycles):
-            rho = np.fft.irfftn(grid, s=shape, axes=(0, 1, 2))
-            rho = np.where(rho > thr, rho, -rho)
-            g_grid = np.fft.rfftn(rho)
-            g = hg.gather(g_grid)
-            mod = np.abs(g)
-            r = float(np.abs(e[strong] - mod[strong]).sum() / e_strong_sum)
-            r_hist.append(r)
-            phase = g / np.maximum(mod, 1e-30)
-            qn = np.where(weak, g * 1j, e * phase)
-            g000 = g_grid[0, 0, 0]
-            grid = hg.scatter(qn)
-            grid[0, 0, 0] = g000
-            q = qn
-            if cycle == 20:
-                plateau = float(np.mean(r_hist[10:21]))
-            if plateau is not None and converged_at is None and r < CF_CONVERGED_RATIO * plateau:
-                converged_at = cycle
-            if (converged_at is not None and cycle >= min_cycles
-                    and cycle - converged_at >= stop_after_converged):
-                break
+        q, r_hist, plateau, converged_at = flip.run(q, cycles, min_cycles, stop_after_converged)
         plateau = plateau if plateau is not None else r_hist[0]
         final_r = float(np.mean(r_hist[-5:]))
         r_all.append(final_r)

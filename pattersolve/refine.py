@@ -438,6 +438,137 @@ def _prediction_support(pred: np.ndarray, engine: _Engine) -> np.ndarray:
     return blurred > REFINE_SHRINKWRAP_THRESHOLD * blurred.max()
 
 
+def _checked_inputs(hkl: np.ndarray, amplitude: np.ndarray, sigma: np.ndarray | None,
+                    shape: tuple[int, int, int]
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[int, int, int],
+                               np.ndarray]:
+    """The inputs as arrays, checked: ``hkl, amplitude, sigma, shape`` and the measured mask."""
+    hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3)
+    amplitude = np.asarray(amplitude, dtype=np.float64)
+    shape = tuple(int(n) for n in shape)
+    if len(amplitude) != len(hkl) or (sigma is not None and len(sigma) != len(hkl)):
+        raise ValueError("hkl, amplitude and sigma must have the same length")
+    if sigma is not None:
+        sigma = np.asarray(sigma, dtype=np.float64)
+    measured = np.isfinite(amplitude) & (amplitude >= 0)
+    if measured.sum() < 10:
+        raise PattersolveError(f"only {int(measured.sum())} measured amplitudes",
+                               "give at least a few hundred reflections", ExitCode.DATA)
+    check_grid_holds(hkl, shape)
+    return hkl, amplitude, sigma, shape, measured
+
+
+def _checked_support(support: np.ndarray | None, guided: bool | None,
+                     shape: tuple[int, int, int]) -> tuple[np.ndarray | None, bool | None]:
+    """A given support as a bool array (it rules out the guided start: ``guided`` False)."""
+    if support is None:
+        return None, guided
+    support = np.asarray(support, dtype=bool)
+    if support.shape != shape or not support.any():
+        raise ValueError(f"support must be a non-empty bool array of shape {shape}")
+    if guided:
+        raise ValueError("a given support has no guided start (guided=True)")
+    return support, False
+
+
+@dataclass
+class _Starts:
+    """The starting models of the starts: maps, first support, and the prediction (hybrid)."""
+
+    x: list[np.ndarray]  # starting density per start, on the grid
+    support: np.ndarray  # first support (bool, grid)
+    pred: np.ndarray | None = None  # the prediction map (hybrid mode)
+    f_pred: np.ndarray | None = None  # its structure factors on hkl
+    residual_pred: float = float("nan")  # its amplitude residual
+
+
+def _starting_models(hkl: np.ndarray, fo: np.ndarray, measured: np.ndarray,
+                     start_density: np.ndarray | None, engine: _Engine, n_starts: int,
+                     rng: np.random.Generator, f000: float) -> _Starts:
+    """Random phases and the Patterson's support (classical), or the prediction's phases
+    (perturbed for the second and later starts) and support (hybrid)."""
+    shape, volume = engine.prob.shape, engine.prob.volume
+    if start_density is None:
+        support0 = _patterson_support(hkl[measured], fo[measured], shape, volume, f000)
+        phases = [rng.uniform(-np.pi, np.pi, len(hkl)) for _ in range(n_starts)]
+        out = _Starts(x=[], support=support0)
+        start_amp = fo
+    else:
+        pred = np.asarray(start_density, dtype=np.float64)
+        if pred.shape != shape:
+            raise PattersolveError(f"start density has shape {pred.shape}, expected {shape}",
+                                   "predict on the refinement grid", ExitCode.DATA)
+        f_pred = phases_from_density(pred, hkl, volume)
+        phase0 = np.angle(f_pred)
+        support0 = _prediction_support(pred, engine)
+        phases = [phase0 + (rng.normal(0, np.radians(min(90.0, i * HYBRID_NOISE_DEG)),
+                                       len(hkl)) if i else 0.0) for i in range(n_starts)]
+        residual_pred = amplitude_residual(fo[measured], f_pred[measured])
+        pm = np.abs(f_pred[measured])
+        k_pred = float((fo[measured] * pm).sum() / max((pm**2).sum(), 1e-30))
+        start_amp = np.where(measured, fo, k_pred * np.abs(f_pred))  # unmeasured: predicted
+        out = _Starts(x=[], support=support0, pred=pred, f_pred=f_pred,
+                      residual_pred=residual_pred)
+    out.x = [density_map(hkl, start_amp * np.exp(1j * ph), shape, volume, f000) for ph in phases]
+    return out
+
+
+def _run_starts(engine: _Engine, starts: _Starts, kinds: list[str], cycles: int, fixed: bool,
+                f000: float) -> tuple[list[np.ndarray], list[float], list[float]]:
+    """Run every start: the guided one alone, the RAAR ones one at a time (numpy) or as one
+    batch (torch). Returns the constrained density, ``F000`` and seconds per start."""
+    bk, shape, support0 = engine.bk, engine.prob.shape, starts.support
+    n_starts = len(kinds)
+    results: list[np.ndarray] = [np.empty(0)] * n_starts
+    f000s = [f000] * n_starts
+    seconds = [0.0] * n_starts
+    to_f000 = engine.prob.volume / float(np.prod(shape))
+    raar = [i for i, kind in enumerate(kinds) if kind == "raar"]
+    if kinds[0] == "guided":
+        t0 = time.perf_counter()
+        pred = starts.pred
+        assert pred is not None
+        prior = np.maximum(pred - np.median(pred), 0.0)
+        x, _, g000 = engine.run_guided(bk.asarray(starts.x[0][None]), bk.asbool(support0[None]),
+                                       bk.asarray(prior[None]), cycles, HYBRID_GUIDE_WEIGHT,
+                                       round(HYBRID_GUIDE_FRACTION * cycles))
+        results[0] = bk.numpy(x)[0]
+        f000s[0] = float(bk.numpy(g000).ravel()[0]) * to_f000
+        seconds[0] = time.perf_counter() - t0
+    if bk.name == "numpy":
+        for i in raar:
+            t0 = time.perf_counter()
+            x, _, g000 = engine.run(starts.x[i][None], support0[None], cycles, REFINE_ER_CYCLES,
+                                    shrinkwrap=not fixed)
+            results[i] = np.asarray(x)[0]
+            f000s[i] = float(np.asarray(g000).ravel()[0]) * to_f000
+            seconds[i] = time.perf_counter() - t0
+    elif raar:
+        t0 = time.perf_counter()
+        xb = bk.asarray(np.stack([starts.x[i] for i in raar]))
+        sb = bk.asbool(np.broadcast_to(support0, xb.shape).copy())
+        x, _, g000 = engine.run(xb, sb, cycles, REFINE_ER_CYCLES, shrinkwrap=not fixed)
+        per = (time.perf_counter() - t0) / len(raar)
+        for i, xi, gi in zip(raar, bk.numpy(x), bk.numpy(g000).ravel(), strict=True):
+            results[i], f000s[i], seconds[i] = xi, float(gi) * to_f000, per
+    return results, f000s, seconds
+
+
+def _final_map(hkl: np.ndarray, amplitude: np.ndarray, measured: np.ndarray,
+               f_model: np.ndarray, cell: gemmi.UnitCell, shape: tuple[int, int, int],
+               f000: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The chosen model's phases on the measured amplitudes (its own scaled ``|F|`` where none
+    was measured), their figure of merit, and their map: ``f, fom, density``."""
+    fo = np.where(measured, amplitude, 0.0)
+    fm = np.abs(f_model)
+    k = float((fo[measured] * fm[measured]).sum() / max((fm[measured] ** 2).sum(), 1e-30))
+    unit = np.exp(1j * np.angle(f_model))
+    f_out = np.where(measured, fo * unit, k * f_model)
+    fom = sigmaa_fom(hkl, np.where(measured, amplitude, np.nan), k * f_model, cell)
+    density = density_map(hkl, f_out, shape, float(cell.volume), f000)
+    return f_out, fom, density
+
+
 def refine_phases(hkl: np.ndarray, amplitude: np.ndarray, cell: gemmi.UnitCell,
                   shape: tuple[int, int, int], *, sigma: np.ndarray | None = None,
                   start_density: np.ndarray | None = None, n_starts: int = DEFAULT_STARTS,
@@ -494,130 +625,58 @@ def refine_phases(hkl: np.ndarray, amplitude: np.ndarray, cell: gemmi.UnitCell,
     """
     t_start = time.perf_counter()
     rng = _as_rng(rng)
-    hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3)
-    amplitude = np.asarray(amplitude, dtype=np.float64)
-    shape = tuple(int(n) for n in shape)
-    if len(amplitude) != len(hkl) or (sigma is not None and len(sigma) != len(hkl)):
-        raise ValueError("hkl, amplitude and sigma must have the same length")
-    if sigma is not None:
-        sigma = np.asarray(sigma, dtype=np.float64)
-    measured = np.isfinite(amplitude) & (amplitude >= 0)
-    if measured.sum() < 10:
-        raise PattersolveError(f"only {int(measured.sum())} measured amplitudes",
-                               "give at least a few hundred reflections", ExitCode.DATA)
-    check_grid_holds(hkl, shape)
+    hkl, amplitude, sigma, shape, measured = _checked_inputs(hkl, amplitude, sigma, shape)
     volume = float(cell.volume)
-    hkl_m, amp_m = hkl[measured], amplitude[measured]
     f000_given = f000
     if f000 is None:
-        f000 = float(np.sqrt(estimate_f000_sq(hkl_m, amp_m**2, shape, volume)))
+        amp_m = amplitude[measured]
+        f000 = float(np.sqrt(estimate_f000_sq(hkl[measured], amp_m**2, shape, volume)))
     prob = _setup(hkl, amplitude, sigma, cell, shape, float(f000))
     bk = _backend(device)
     engine = _Engine(prob, bk, beta, adapt_f000=f000_given is None)
     n_starts = max(1, int(n_starts))
-
     fixed = support is not None and fix_support
-    if support is not None:
-        support = np.asarray(support, dtype=bool)
-        if support.shape != shape or not support.any():
-            raise ValueError(f"support must be a non-empty bool array of shape {shape}")
-        if guided:
-            raise ValueError("a given support has no guided start (guided=True)")
-        guided = False
+    support, guided = _checked_support(support, guided, shape)
 
-    # ---- starting models
     fo = np.where(measured, amplitude, 0.0)
     hybrid = start_density is not None
-    if hybrid:
-        pred = np.asarray(start_density, dtype=np.float64)
-        if pred.shape != shape:
-            raise PattersolveError(f"start density has shape {pred.shape}, expected {shape}",
-                                   "predict on the refinement grid", ExitCode.DATA)
-        f_pred = phases_from_density(pred, hkl, volume)
-        phase0 = np.angle(f_pred)
-        support0 = _prediction_support(pred, engine)
-        phases = [phase0 + (rng.normal(0, np.radians(min(90.0, i * HYBRID_NOISE_DEG)),
-                                       len(hkl)) if i else 0.0) for i in range(n_starts)]
-        residual_pred = amplitude_residual(fo[measured], f_pred[measured])
-        pm = np.abs(f_pred[measured])
-        k_pred = float((fo[measured] * pm).sum() / max((pm**2).sum(), 1e-30))
-        start_amp = np.where(measured, fo, k_pred * np.abs(f_pred))  # unmeasured: predicted
-    else:
-        support0 = _patterson_support(hkl_m, amp_m, shape, volume, float(f000))
-        phases = [rng.uniform(-np.pi, np.pi, len(hkl)) for _ in range(n_starts)]
-        start_amp = fo
+    starts = _starting_models(hkl, fo, measured, start_density, engine, n_starts, rng,
+                              float(f000))
     if support is not None:
-        support0 = support
-    starts_x = [density_map(hkl, start_amp * np.exp(1j * ph), shape, volume, float(f000))
-                for ph in phases]
-
-    # ---- run: the guided start alone; RAAR starts one at a time (numpy) or as one batch (torch)
+        starts.support = support
     packing = packing_estimate(float(f000), volume)
     if guided is None:
         guided = packing >= HYBRID_GUIDE_MIN_PACKING
     kinds = ["guided" if hybrid and guided and i == 0 else "raar" for i in range(n_starts)]
-    results: list[np.ndarray] = [np.empty(0)] * n_starts
-    f000s = [float(f000)] * n_starts
-    seconds = [0.0] * n_starts
-    to_f000 = volume / float(np.prod(shape))
     initial: list[float] = []
-    for x0 in starts_x:
-        g0 = np.fft.rfftn(np.where(support0 & (x0 > 0), x0, 0.0))
+    for x0 in starts.x:
+        g0 = np.fft.rfftn(np.where(starts.support & (x0 > 0), x0, 0.0))
         initial.append(amplitude_residual(fo[measured],
                                           _grid_values(g0, prob, volume, shape)[measured]))
-    raar = [i for i, kind in enumerate(kinds) if kind == "raar"]
-    if kinds[0] == "guided":
-        t0 = time.perf_counter()
-        prior = np.maximum(pred - np.median(pred), 0.0)
-        x, _, g000 = engine.run_guided(bk.asarray(starts_x[0][None]), bk.asbool(support0[None]),
-                                       bk.asarray(prior[None]), cycles, HYBRID_GUIDE_WEIGHT,
-                                       round(HYBRID_GUIDE_FRACTION * cycles))
-        results[0] = bk.numpy(x)[0]
-        f000s[0] = float(bk.numpy(g000).ravel()[0]) * to_f000
-        seconds[0] = time.perf_counter() - t0
-    if bk.name == "numpy":
-        for i in raar:
-            t0 = time.perf_counter()
-            x, _, g000 = engine.run(starts_x[i][None], support0[None], cycles, REFINE_ER_CYCLES,
-                                    shrinkwrap=not fixed)
-            results[i] = np.asarray(x)[0]
-            f000s[i] = float(np.asarray(g000).ravel()[0]) * to_f000
-            seconds[i] = time.perf_counter() - t0
-    elif raar:
-        t0 = time.perf_counter()
-        xb = bk.asarray(np.stack([starts_x[i] for i in raar]))
-        sb = bk.asbool(np.broadcast_to(support0, xb.shape).copy())
-        x, _, g000 = engine.run(xb, sb, cycles, REFINE_ER_CYCLES, shrinkwrap=not fixed)
-        per = (time.perf_counter() - t0) / len(raar)
-        for i, xi, gi in zip(raar, bk.numpy(x), bk.numpy(g000).ravel(), strict=True):
-            results[i], f000s[i], seconds[i] = xi, float(gi) * to_f000, per
+    results, f000s, seconds = _run_starts(engine, starts, kinds, cycles, fixed, float(f000))
 
-    # ---- choose by amplitude residual
+    # choose by amplitude residual; the unrefined prediction is a candidate too
     f_models = [_grid_values(np.fft.rfftn(x), prob, volume, shape) for x in results]
     residuals = [amplitude_residual(fo[measured], fm[measured]) for fm in f_models]
-    starts = [{"residual": r, "residual_start": r0, "seconds": s, "f000": f0, "kind": kd}
-              for r, r0, s, f0, kd in zip(residuals, initial, seconds, f000s, kinds,
-                                          strict=True)]
     best = int(np.argmin(residuals))
     chosen, f_model, residual_final = best, f_models[best], residuals[best]
     f000_start, f000 = float(f000), f000s[best]
-    residual_start = residual_pred if hybrid else initial[best]
-    if hybrid and residual_pred <= residual_final:
-        chosen, f_model, residual_final = -1, f_pred, residual_pred
+    residual_start = starts.residual_pred if hybrid else initial[best]
+    if hybrid and starts.residual_pred <= residual_final:
+        assert starts.f_pred is not None
+        chosen, f_model, residual_final = -1, starts.f_pred, starts.residual_pred
         f000 = f000_start
 
-    # ---- outputs
-    fm = np.abs(f_model)
-    k = float((fo[measured] * fm[measured]).sum() / max((fm[measured] ** 2).sum(), 1e-30))
-    unit = np.exp(1j * np.angle(f_model))
-    f_out = np.where(measured, fo * unit, k * f_model)
-    fom = sigmaa_fom(hkl, np.where(measured, amplitude, np.nan), k * f_model, cell)
-    density = density_map(hkl, f_out, shape, volume, float(f000))
-    return RefineResult(f=f_out, fom=fom, density=density, residual_start=float(residual_start),
-                        residual_final=float(residual_final), f000=float(f000), starts=starts,
-                        seconds=time.perf_counter() - t_start, chosen=chosen,
-                        mode="hybrid" if hybrid else "classical",
-                        extra={"device": bk.name, "support_fraction": float(support0.mean()),
-                               "f000_start": f000_start, "packing": packing,
-                               "guided": kinds[0] == "guided", "fixed_support": fixed},
-                        f_starts=f_models)
+    f_out, fom, density = _final_map(hkl, amplitude, measured, f_model, cell, shape, float(f000))
+    return RefineResult(
+        f=f_out, fom=fom, density=density, residual_start=float(residual_start),
+        residual_final=float(residual_final), f000=float(f000),
+        starts=[{"residual": r, "residual_start": r0, "seconds": s, "f000": f0, "kind": kd}
+                for r, r0, s, f0, kd in zip(residuals, initial, seconds, f000s, kinds,
+                                            strict=True)],
+        seconds=time.perf_counter() - t_start, chosen=chosen,
+        mode="hybrid" if hybrid else "classical",
+        extra={"device": bk.name, "support_fraction": float(starts.support.mean()),
+               "f000_start": f000_start, "packing": packing, "guided": kinds[0] == "guided",
+               "fixed_support": fixed},
+        f_starts=f_models)

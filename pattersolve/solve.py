@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gemmi
 import numpy as np
@@ -49,6 +49,9 @@ from .phases import amplitude_residual, centrosymmetry, sigmaa_fom
 from .reflections import Reflections
 from .simulate import scale_to_unit_range
 from .symmetry import shift_phases
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .refine import RefineResult
 
 log = logging.getLogger("pattersolve")
 
@@ -222,6 +225,48 @@ def predict(refl: Reflections, predictor: Any, average_rotations: bool = False) 
                       rotation_agreement=agreement)
 
 
+def _network_stage(refl: Reflections, predictor: Any, average_rotations: bool
+                   ) -> tuple[Prediction, float, dict[str, Any]]:
+    """The network's prediction, its amplitude residual and its ``stages["network"]``."""
+    pred = predict(refl, predictor, average_rotations=average_rotations)
+    r_net = amplitude_residual(refl.amplitude[pred.covered], pred.f[pred.covered])
+    stage = {
+        "model": pred.model, "backend": pred.backend, "grid": list(pred.shape),
+        "reflections_predicted": int(pred.covered.sum()),
+        "amplitude_residual": round(r_net, 4), "seconds": round(pred.seconds, 3),
+        "rotations_averaged": pred.rotations,
+        "rotation_agreement": round(pred.rotation_agreement, 3),
+        # ~1: the prediction averages both hands (phases near 0/180 deg, a poor start)
+        "centrosymmetry": round(centrosymmetry(pred.density), 3),
+    }
+    log.info("network %s: R(amplitude) %.3f on %d reflections, centrosymmetry %.2f, "
+             "%.2f s", pred.backend, r_net, int(pred.covered.sum()),
+             stage["centrosymmetry"], pred.seconds)
+    if pred.rotations > 1:
+        log.info("network: averaged over %d rotations of the cell (agreement %.3f)",
+                 pred.rotations, pred.rotation_agreement)
+    return pred, r_net, stage
+
+
+def _refinement_stage(res: RefineResult, hybrid: bool, cycles: int, device: str) -> dict[str, Any]:
+    """``stages["refinement"]`` of a :class:`~pattersolve.refine.RefineResult` (logged)."""
+    stage = {
+        "start": "network prediction" if hybrid else "random phases",
+        "amplitude_residual_start": round(float(res.residual_start), 4),
+        "amplitude_residual_final": round(float(res.residual_final), 4),
+        "starts": len(res.starts), "cycles": cycles, "seconds": round(float(res.seconds), 3),
+        "mean_fom": round(float(np.mean(res.fom)), 3), "device": device,
+        "packing_estimate": round(float(res.extra["packing"]), 3),
+        "guided_start": bool(res.extra["guided"]),
+        "chosen_start": "unrefined prediction" if res.chosen < 0
+        else res.starts[res.chosen]["kind"],
+    }
+    log.info("refinement (%s): R(amplitude) %.3f -> %.3f, %d starts, %.2f s",
+             stage["start"], res.residual_start, res.residual_final, len(res.starts),
+             res.seconds)
+    return stage
+
+
 def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
           predictor: Any | None = None, cycles: int = settings.DEFAULT_CYCLES,
           starts: int = settings.DEFAULT_STARTS, seed: int = 0,
@@ -239,23 +284,7 @@ def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
     if method in ("network", "hybrid"):
         if predictor is None:
             raise ValueError(f"method {method} needs a predictor")
-        pred = predict(refl, predictor, average_rotations=average_rotations)
-        r_net = amplitude_residual(refl.amplitude[pred.covered], pred.f[pred.covered])
-        stages["network"] = {
-            "model": pred.model, "backend": pred.backend, "grid": list(pred.shape),
-            "reflections_predicted": int(pred.covered.sum()),
-            "amplitude_residual": round(r_net, 4), "seconds": round(pred.seconds, 3),
-            "rotations_averaged": pred.rotations,
-            "rotation_agreement": round(pred.rotation_agreement, 3),
-            # ~1: the prediction averages both hands (phases near 0/180 deg, a poor start)
-            "centrosymmetry": round(centrosymmetry(pred.density), 3),
-        }
-        log.info("network %s: R(amplitude) %.3f on %d reflections, centrosymmetry %.2f, "
-                 "%.2f s", pred.backend, r_net, int(pred.covered.sum()),
-                 stages["network"]["centrosymmetry"], pred.seconds)
-        if pred.rotations > 1:
-            log.info("network: averaged over %d rotations of the cell (agreement %.3f)",
-                     pred.rotations, pred.rotation_agreement)
+        pred, r_net, stages["network"] = _network_stage(refl, predictor, average_rotations)
         phase = np.exp(1j * np.angle(pred.f))
         learned = bool(getattr(getattr(predictor, "model", None), "learned_hand", False))
         if method == "network":
@@ -276,20 +305,7 @@ def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
     res = refine_phases(refl.hkl, refl.amplitude, refl.cell, shape, sigma=refl.sigma,
                         start_density=start_density, n_starts=starts, cycles=cycles, rng=rng,
                         device=device, guided=guided)
-    stages["refinement"] = {
-        "start": "network prediction" if start_density is not None else "random phases",
-        "amplitude_residual_start": round(float(res.residual_start), 4),
-        "amplitude_residual_final": round(float(res.residual_final), 4),
-        "starts": len(res.starts), "cycles": cycles, "seconds": round(float(res.seconds), 3),
-        "mean_fom": round(float(np.mean(res.fom)), 3), "device": device,
-        "packing_estimate": round(float(res.extra["packing"]), 3),
-        "guided_start": bool(res.extra["guided"]),
-        "chosen_start": "unrefined prediction" if res.chosen < 0
-        else res.starts[res.chosen]["kind"],
-    }
-    log.info("refinement (%s): R(amplitude) %.3f -> %.3f, %d starts, %.2f s",
-             stages["refinement"]["start"], res.residual_start, res.residual_final,
-             len(res.starts), res.seconds)
+    stages["refinement"] = _refinement_stage(res, start_density is not None, cycles, device)
     f = refl.amplitude * np.exp(1j * np.angle(res.f))
     if start_density is not None:
         f, stages["hand"] = _network_hand(refl, f, pred, learned,
