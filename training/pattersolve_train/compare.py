@@ -109,19 +109,9 @@ def load_weights(ref: str | Path) -> tuple[dict[str, torch.Tensor], bool, str]:
     (the checks ``fit --resume`` and ``pattersolve`` make), so a corrupt file is refused, not
     compared.
     """
-    from safetensors.torch import load_file
+    from .train import read_weights
 
-    from pattersolve.runtime import resolve_model
-
-    from .train import CHECKPOINT_JSON, model_weights, read_checkpoint
-
-    path = Path(ref)
-    if (path / CHECKPOINT_JSON).is_file():
-        tensors, _ = read_checkpoint(path)
-        state = model_weights(tensors)
-    else:
-        info = resolve_model(str(ref))
-        state = load_file(str(info.weight_file("model.safetensors")))
+    state, _ = read_weights(ref)
     if not state:
         raise PattersolveError(f"{ref}: no network weights found",
                                "give a run folder or an exported model", ExitCode.MODEL)

@@ -388,29 +388,9 @@ def initialise_from(model: nn.Module, cfg: TrainConfig, model_ref: str) -> dict[
     and data position start afresh (``fit --init``); use ``fit --resume`` on a run directory
     with a full checkpoint for an exact continuation instead, on this machine or any other.
     """
-    from safetensors.torch import load_file
-
-    from pattersolve.runtime import resolve_model
-
-    run = Path(model_ref)
-    if (run / CHECKPOINT_JSON).is_file():
-        saved = TrainConfig.from_dict(json.loads((run / CONFIG_JSON).read_text()))
-        if saved.network != cfg.network:
-            raise PattersolveError(f"run {run} has another network config than the training "
-                                   "config", "use the run's own [network] section",
-                                   ExitCode.USAGE)
-        tensors, meta = read_checkpoint(run)
-        model.load_state_dict(as_float32(model_weights(tensors)))
-        return {"name": run.name, "sha256": meta["sha256"], "kind": "run",
-                "step": str(meta.get("step"))}
-    info = resolve_model(model_ref)
-    if NetworkConfig.from_json(info.metadata["config"]) != cfg.network:
-        raise PattersolveError(f"model {info.name} has another network config than the "
-                               "training config", "use the model's own config "
-                               "(its card.json 'training' entry)", ExitCode.USAGE)
-    path = info.weight_file("model.safetensors")
-    model.load_state_dict(as_float32(load_file(str(path))))
-    return {"name": info.name, "sha256": sha256_file(path)}
+    state, source = read_weights(model_ref, cfg.network)
+    model.load_state_dict(as_float32(state))
+    return source
 
 
 def wrap_model(model: nn.Module, cfg: TrainConfig, device: torch.device, ddp: bool
@@ -716,13 +696,45 @@ def load_run_model(run_dir: str | os.PathLike[str]) -> tuple[TrainConfig, nn.Mod
     return cfg, model, meta
 
 
+def read_weights(ref: str | os.PathLike[str], network: NetworkConfig | None = None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The network weights of a run folder (its checkpoint) or of a model (``models/<name>``,
+    a model folder), as stored, and where they came from (name and SHA-256; a run's also
+    ``kind`` and ``step``).
+
+    Both are checksum-verified (a run's checkpoint against its JSON, a model's weight file
+    against its card). With ``network``, a run or model of another network config is refused
+    before its weights are read.
+    """
+    from safetensors.torch import load_file
+
+    from pattersolve.runtime import resolve_model
+
+    run = Path(ref)
+    if (run / CHECKPOINT_JSON).is_file():
+        if network is not None and config_for_run(run).network != network:
+            raise PattersolveError(f"run {run} has another network config than the training "
+                                   "config", "use the run's own [network] section",
+                                   ExitCode.USAGE)
+        tensors, meta = read_checkpoint(run)
+        return model_weights(tensors), {"name": run.name, "sha256": meta["sha256"],
+                                        "kind": "run", "step": str(meta.get("step"))}
+    info = resolve_model(str(ref))
+    if network is not None and NetworkConfig.from_json(info.metadata["config"]) != network:
+        raise PattersolveError(f"model {info.name} has another network config than the "
+                               "training config", "use the model's own config "
+                               "(its card.json 'training' entry)", ExitCode.USAGE)
+    path = info.weight_file("model.safetensors")
+    return load_file(str(path)), {"name": info.name, "sha256": sha256_file(path)}
+
+
 def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer
                     ) -> dict[str, Any]:
     """Restore weights, optimiser state and RNG states; return the saved ``state``."""
     tensors, meta = read_checkpoint(run_dir)
     if meta.get("weights_only"):
         raise PattersolveError(f"{run_dir} holds the weights of step {meta.get('step')} "
-                               "without optimiser and RNG state (a weights-only snapshot), "
+                               "without optimiser and RNG state (a weights-only checkpoint), "
                                "so it cannot be resumed exactly",
                                "start a new run from it: fit --config CONFIG --init RUN_DIR",
                                ExitCode.USAGE)
