@@ -31,6 +31,7 @@ from .chargeflip import ChargeFlipResult, charge_flip, normalise_amplitudes
 from .errors import ExitCode, PattersolveError
 from .fourier import density_map
 from .peaks import Peaks, find_peaks
+from .phases import amplitude_residual, unit_phase
 from .settings import (
     CF_CONFIDENT_R,
     CF_CYCLES,
@@ -100,17 +101,12 @@ def peak_model_f(hkl: np.ndarray, peaks: Peaks, spacegroup: gemmi.SpaceGroup,
     return out
 
 
-def _r_e(e_obs: np.ndarray, e_calc: np.ndarray) -> float:
-    scale = float((e_obs * e_calc).sum() / max((e_calc**2).sum(), 1e-30))
-    return float(np.abs(e_obs - scale * e_calc).sum() / max(e_obs.sum(), 1e-30))
-
-
 def _recycle(hkl: np.ndarray, e: np.ndarray, f_start: np.ndarray, cell: gemmi.UnitCell,
              sg: gemmi.SpaceGroup, shape: Sequence[int], n_peaks: int, n_iter: int
              ) -> tuple[np.ndarray, Peaks, float, int]:
     """Peak recycling from a located, space-group-origin solution. Returns phases as unit
     complex numbers, the last peaks, R(E) of the peak model and the iterations run."""
-    phase = f_start / np.maximum(np.abs(f_start), 1e-30)
+    phase = unit_phase(f_start)
     prev: np.ndarray | None = None
     r = 1.0
     peaks = None
@@ -124,8 +120,8 @@ def _recycle(hkl: np.ndarray, e: np.ndarray, f_start: np.ndarray, cell: gemmi.Un
         weights = np.clip(peaks.height / peaks.height[0], 0.2, 1.0)
         s = peak_model_f(hkl, peaks, sg, weights)
         e_calc = normalise_amplitudes(hkl, np.abs(s), cell, sg)
-        r = _r_e(e, e_calc)
-        phase = s / np.maximum(np.abs(s), 1e-30)
+        r = amplitude_residual(e, e_calc)
+        phase = unit_phase(s)
         if prev is not None and len(prev) == len(peaks.frac) and np.abs(
                 ((prev - peaks.frac) + 0.5) % 1.0 - 0.5).max() < 1e-3:
             break
@@ -187,13 +183,14 @@ def _solve_at(job: _Job, delta: float, cycles: int, n_starts: int, rng: np.rando
         phase, _, r_model, n_it = _recycle(job.hkl, job.e, origin.f, job.cell, job.sg,
                                           job.shape, job.n_peaks, recycle_iterations)
     else:
-        phase = origin.f / np.maximum(np.abs(origin.f), 1e-30)
+        phase = unit_phase(origin.f)
         emap = symmetrise_map(density_map(job.hkl, job.e * phase, job.shape, job.cell.volume),
                               job.sg)
         pk = find_peaks(emap, job.cell, job.sg, n_max=job.n_peaks,
                         min_distance=RECYCLE_PEAK_DISTANCE)
         s = peak_model_f(job.hkl, pk, job.sg)
-        r_model = _r_e(job.e, normalise_amplitudes(job.hkl, np.abs(s), job.cell, job.sg))
+        e_calc = normalise_amplitudes(job.hkl, np.abs(s), job.cell, job.sg)
+        r_model = amplitude_residual(job.e, e_calc)
         n_it = 0
     timing["recycle"] += time.perf_counter() - t
     return _Candidate(delta=delta, cf=cf, origin=origin, phase=phase, r_model=r_model,

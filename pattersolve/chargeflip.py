@@ -42,6 +42,7 @@ import numpy as np
 
 from .errors import ExitCode, PattersolveError
 from .fourier import HalfGrid, density_map, reciprocal_s2
+from .phases import unit_phase
 from .settings import (
     CF_CONVERGED_RATIO,
     CF_CYCLES,
@@ -251,7 +252,7 @@ def charge_flip(
             break  # a clear solution: further starts would only cost time
     assert best is not None
     final_r, start_index, q, plateau, converged, n_cyc = best
-    f_phase = np.conj(q) / np.maximum(np.abs(q), 1e-30)
+    f_phase = unit_phase(np.conj(q))
     f = amplitude * f_phase
     phases = np.angle(f_phase)
     density = density_map(hkl, f, shape, cell.volume)

@@ -46,6 +46,11 @@ def phases_from_density(rho: np.ndarray, hkl: np.ndarray, volume: float) -> np.n
     return structure_factors_from_map(np.asarray(rho, dtype=np.float64), hkl, volume)
 
 
+def unit_phase(f: np.ndarray) -> np.ndarray:
+    """``F / |F|``: the phases of complex structure factors as unit numbers (0 where F = 0)."""
+    return f / np.maximum(np.abs(f), 1e-30)
+
+
 def bessel_ratio(x: np.ndarray) -> np.ndarray:
     """``I1(x) / I0(x)`` for ``x >= 0`` (the acentric figure of merit of ``X = x``).
 
@@ -173,14 +178,20 @@ def centrosymmetry(rho: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------
 # amplitude residuals and figures of merit
 # ---------------------------------------------------------------------------------------------
+def ls_scale(obs: np.ndarray, calc: np.ndarray) -> float:
+    """Least-squares scale ``k`` of ``calc`` onto ``obs`` (minimises ``sum (obs - k calc)^2``
+    for real arrays); 0 when ``calc`` is all zero."""
+    den = float((calc * calc).sum())
+    return float((obs * calc).sum()) / den if den > 0 else 0.0
+
+
 def amplitude_residual(f_obs: np.ndarray, f_calc: np.ndarray) -> float:
     """``R = sum | |Fo| - k |Fc| | / sum |Fo|`` with ``k`` the least-squares scale."""
     fo = np.abs(np.asarray(f_obs, dtype=np.complex128))
     fc = np.abs(np.asarray(f_calc, dtype=np.complex128))
     ok = np.isfinite(fo) & np.isfinite(fc)
     fo, fc = fo[ok], fc[ok]
-    den = float((fc * fc).sum())
-    k = float((fo * fc).sum()) / den if den > 0 else 0.0
+    k = ls_scale(fo, fc)
     return float(np.abs(fo - k * fc).sum() / max(fo.sum(), 1e-30))
 
 

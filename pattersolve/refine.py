@@ -63,7 +63,7 @@ from .fourier import (
     patterson_map,
     reciprocal_s2,
 )
-from .phases import amplitude_residual, phases_from_density, sigmaa_fom
+from .phases import amplitude_residual, ls_scale, phases_from_density, sigmaa_fom
 from .settings import (
     DEFAULT_CYCLES,
     DEFAULT_STARTS,
@@ -505,7 +505,7 @@ def _starting_models(hkl: np.ndarray, fo: np.ndarray, measured: np.ndarray,
                                        len(hkl)) if i else 0.0) for i in range(n_starts)]
         residual_pred = amplitude_residual(fo[measured], f_pred[measured])
         pm = np.abs(f_pred[measured])
-        k_pred = float((fo[measured] * pm).sum() / max((pm**2).sum(), 1e-30))
+        k_pred = ls_scale(fo[measured], pm)
         start_amp = np.where(measured, fo, k_pred * np.abs(f_pred))  # unmeasured: predicted
         out = _Starts(x=[], support=support0, pred=pred, f_pred=f_pred,
                       residual_pred=residual_pred)
@@ -561,7 +561,7 @@ def _final_map(hkl: np.ndarray, amplitude: np.ndarray, measured: np.ndarray,
     was measured), their figure of merit, and their map: ``f, fom, density``."""
     fo = np.where(measured, amplitude, 0.0)
     fm = np.abs(f_model)
-    k = float((fo[measured] * fm[measured]).sum() / max((fm[measured] ** 2).sum(), 1e-30))
+    k = ls_scale(fo[measured], fm[measured])
     unit = np.exp(1j * np.angle(f_model))
     f_out = np.where(measured, fo * unit, k * f_model)
     fom = sigmaa_fom(hkl, np.where(measured, amplitude, np.nan), k * f_model, cell)

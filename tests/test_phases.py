@@ -12,8 +12,10 @@ from pattersolve.phases import (
     fom_to_hl,
     fom_to_x,
     hl_to_fom,
+    ls_scale,
     phase_error_deg,
     phases_from_density,
+    unit_phase,
 )
 
 
@@ -77,3 +79,18 @@ def test_phases_from_density_recovers_structure_factors():
     rho = fourier.density_map(hkl, f, shape, cell.volume, 22.0)
     back = phases_from_density(3.0 * rho - 1.0, hkl, cell.volume)  # affine scale
     assert np.allclose(back, 3.0 * f, atol=1e-9 * np.abs(f).max())
+
+
+def test_unit_phase_and_least_squares_scale():
+    f = np.array([3.0 + 4.0j, 0.0, -2.0j])
+    assert np.allclose(unit_phase(f), [0.6 + 0.8j, 0.0, -1.0j])
+    calc = np.array([1.0, 2.0, 3.0])
+    assert ls_scale(2.5 * calc, calc) == 2.5
+    assert ls_scale(calc, np.zeros(3)) == 0.0
+    # the scale minimises the squared difference
+    obs = np.array([1.2, 1.9, 3.3])
+    k = ls_scale(obs, calc)
+    def sq(s: float) -> float:
+        return float(((obs - s * calc) ** 2).sum())
+
+    assert sq(k) < sq(1.01 * k) and sq(k) < sq(0.99 * k)
