@@ -35,7 +35,7 @@ Determinism
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -345,6 +345,13 @@ class FragmentMaps:
                 sources=[self.fragments[i].source for _, i, _ in items],
             ))
         return groups
+
+    def groups(self, indices: Sequence[int], batch_size: int, epoch: int = 0
+               ) -> Iterator[Group]:
+        """The cell groups of ``indices`` taken ``batch_size`` at a time, in order (epoch
+        ``epoch`` placements): how evaluation and BatchNorm recalibration walk a set."""
+        for start in range(0, len(indices), batch_size):
+            yield from self.batch(indices[start: start + batch_size], epoch)
 
 
 def fixed_indices(n_total: int, n: int) -> list[int]:

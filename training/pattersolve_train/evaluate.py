@@ -260,17 +260,15 @@ def score_examples(model: Any, ds: Any, batch_size: int, rng: np.random.Generato
 
     device = torch.device("cpu")
     scores = Scores()
-    for start in range(0, len(ds), batch_size):
-        idx = list(range(start, min(len(ds), start + batch_size)))
-        for g in ds.batch(idx, epoch=0):
-            pred = predict(model, g.patterson, device)
-            if average_rotations:
-                pred = _rotation_averaged_batch(model, g, device, scores.n_rotations)
-            _, cc = loss_terms(pred, g.density, 0.0)
-            _, twin_cc = loss_terms(pred, g.density, 0.0, twin=True)
-            for j in range(pred.shape[0]):
-                _score_example(scores, g, j, pred[j, 0], float(cc[j]), float(twin_cc[j]), rng,
-                               floor_trials)
+    for g in ds.groups(list(range(len(ds))), batch_size):
+        pred = predict(model, g.patterson, device)
+        if average_rotations:
+            pred = _rotation_averaged_batch(model, g, device, scores.n_rotations)
+        _, cc = loss_terms(pred, g.density, 0.0)
+        _, twin_cc = loss_terms(pred, g.density, 0.0, twin=True)
+        for j in range(pred.shape[0]):
+            _score_example(scores, g, j, pred[j, 0], float(cc[j]), float(twin_cc[j]), rng,
+                           floor_trials)
     return scores
 
 

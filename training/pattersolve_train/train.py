@@ -545,14 +545,13 @@ def evaluate_loss(model: nn.Module, ds: FragmentMaps, n: int, batch_size: int,
     model.eval()
     losses, ccs, centro = [], [], []
     idx = fixed_indices(len(ds), n)
-    for start in range(0, len(idx), batch_size):
-        for g in ds.batch(idx[start: start + batch_size], epoch=0):
-            pred = predict(model, g.patterson, device)
-            per_ex, cc = loss_terms(pred, g.density.to(device), cc_weight, twin)
-            losses.extend(per_ex.cpu().tolist())
-            ccs.extend(cc.cpu().tolist())
-            centro.extend(centrosymmetry(p) for p in pred.float().cpu().numpy().reshape(
-                len(per_ex), *pred.shape[-3:]))
+    for g in ds.groups(idx, batch_size):
+        pred = predict(model, g.patterson, device)
+        per_ex, cc = loss_terms(pred, g.density.to(device), cc_weight, twin)
+        losses.extend(per_ex.cpu().tolist())
+        ccs.extend(cc.cpu().tolist())
+        centro.extend(centrosymmetry(p) for p in pred.float().cpu().numpy().reshape(
+            len(per_ex), *pred.shape[-3:]))
     model.train(was_training)
     if not losses:
         return float("nan"), float("nan"), float("nan")
@@ -593,10 +592,9 @@ def recalibrate_batchnorm(model: nn.Module, ds: FragmentMaps, n: int, batch_size
     model.train()
     idx = fixed_indices(len(ds), n)
     try:
-        for start in range(0, len(idx), batch_size):
-            for g in ds.batch(idx[start: start + batch_size], epoch=0):
-                with _autocast(device):
-                    model(_prepare_input(g.patterson, device))
+        for g in ds.groups(idx, batch_size):
+            with _autocast(device):
+                model(_prepare_input(g.patterson, device))
     finally:
         for m, mom in zip(norms, momenta, strict=True):
             m.momentum = mom
