@@ -7,7 +7,7 @@ The iterate is a density ``x`` on the full P1 grid. Two projections alternate:
   ``k * sigma`` of ``Fobs``, ``k =`` :data:`~pattersolve.settings.REFINE_SIGMA_K`) and keep
   their current phase; unmeasured reflections inside the sphere are left as they are (the
   real-space constraints fill them); everything beyond the sphere is set to 0; ``F(000)`` is
-  fixed (estimated from the Patterson with :func:`pattersolve.simulate.estimate_f000_sq`
+  fixed (estimated from the Patterson with :func:`pattersolve.fourier.estimate_f000_sq`
   unless given).
 * support projection ``P_S``: zero outside a support, and positivity inside.
 

@@ -142,6 +142,9 @@ HAND_MAX_CENTROSYMMETRY = 0.85
 #: 68 in 2-noise and 2-lowres, where the network alone is near the random floor (R 0.63-0.83)
 #: and its "hand" was the true one 30 times.
 HAND_MAX_NETWORK_RESIDUAL = 0.60
+#: A P1 solution's free origin (pattersolve.solve.place_in_cell): the planes of least density,
+#: those within this fraction of the profile's range above its minimum, go to the cell faces.
+ORIGIN_GAP_FRACTION = 0.02
 
 # --- progress of long work (pattersolve.progress) ----------------------------------------------
 PROGRESS_DELAY = 3.0  # s: no progress shown for work shorter than this

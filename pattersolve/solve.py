@@ -319,7 +319,7 @@ def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
 def _middle_of_widest_gap(profile: np.ndarray) -> int:
     """Index in the middle of the longest circular run of near-minimal values of ``profile``."""
     n = len(profile)
-    low = profile <= profile.min() + 0.02 * (profile.max() - profile.min())
+    low = profile <= profile.min() + settings.ORIGIN_GAP_FRACTION * (profile.max() - profile.min())
     if low.all():
         return 0
     start = int(np.argmin(low))  # a high plane: runs do not wrap past it
