@@ -352,25 +352,35 @@ def choose(refl: Reflections, method: str) -> tuple[str, str]:
                          completeness=refl.summary.get("completeness"))
 
 
-def _predictor(refl: Reflections, method: str, opt: Options) -> tuple[Any, Any]:
-    """The network's predictor and its metadata (None, None for methods without one)."""
+def _model_info(refl: Reflections, method: str, opt: Options) -> Any:
+    """The network model the method needs (None for methods without a network)."""
     if method not in ("network", "hybrid"):
-        return None, None
-    from .runtime import Predictor, resolve_model
+        return None
+    from .runtime import resolve_model
 
     info = resolve_model(opt.model, (refl.cell.a, refl.cell.b, refl.cell.c), refl.d_min)
-    predictor = Predictor(info, backend=opt.backend, device=opt.device, threads=opt.threads)
     log.info("model: %s (%s)", info.name, info.task)
-    return predictor, {"cell": info.cell, "d_min": info.d_min, "name": info.name}
+    return info
+
+
+def _predictor(info: Any, opt: Options) -> Any:
+    """The network's predictor on the chosen backend (None without a model)."""
+    if info is None:
+        return None
+    from .runtime import Predictor
+
+    return Predictor(info, backend=opt.backend, device=opt.device, threads=opt.threads)
 
 
 def _check_resources(refl: Reflections, shape: tuple[int, int, int], method: str,
-                     opt: Options) -> None:
-    try:  # TEMPORARY until pattersolve.memory lands
-        from .memory import check_memory
-    except ImportError:
-        return
-    check_memory(shape, method, len(refl.hkl), opt.max_memory)
+                     info: Any, opt: Options) -> None:
+    """Refuse, before any large allocation, a run estimated to need too much memory."""
+    from .memory import check_memory, format_bytes
+
+    need = check_memory(shape, method, len(refl.hkl), opt.max_memory, reflections=refl,
+                        model=info, starts=opt.starts,
+                        average_rotations=opt.average_rotations)
+    log.info("memory: about %s at the peak", format_bytes(need))
 
 
 def _run_method(refl: Reflections, shape: tuple[int, int, int], method: str,
@@ -482,8 +492,11 @@ def _phase_reflections(refl: Reflections, opt: Options, t0: float) -> Solution:
     method, reason = choose(refl, opt.method)
     log.info("method: %s (%s)", method, reason)
     shape = cell_grid_shape(refl.cell, refl.spacegroup, refl.hkl, refl.d_min)
-    _check_resources(refl, shape, method, opt)
-    predictor, model_meta = _predictor(refl, method, opt)
+    info = _model_info(refl, method, opt)
+    _check_resources(refl, shape, method, info, opt)
+    predictor = _predictor(info, opt)
+    model_meta = None if info is None else {"cell": info.cell, "d_min": info.d_min,
+                                            "name": info.name}
     warnings = domain_warnings(refl.cell, refl.d_min, len(refl.asu_hkl), refl.spacegroup,
                                model_info=model_meta, method=method)
     for w in warnings:  # said before the work, not after it

@@ -19,6 +19,7 @@ import gemmi
 import numpy as np
 
 from . import PROGRAM, __version__
+from .reflections import safe_history
 from .transaction import write_atomic
 
 
@@ -61,16 +62,6 @@ def lookup_p1(hkl: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndar
                 v = np.conj(v)
         out[i] = v
     return out
-
-
-def text_history(mtz: gemmi.Mtz | None) -> list[str]:
-    """The MTZ's history lines; lines gemmi cannot decode (not UTF-8) are left out."""
-    if mtz is None:
-        return []
-    try:
-        return list(mtz.history)
-    except UnicodeDecodeError:
-        return []
 
 
 def source_dataset(source: gemmi.Mtz | None, label: str | None = None) -> gemmi.Mtz.Dataset | None:
@@ -156,7 +147,7 @@ def phased_mtz(
     mtz.update_reso()
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M")
     lines = [f"From {PROGRAM} {__version__}, {stamp}: {history}"[:80]]
-    mtz.history = (lines + text_history(source))[:30]
+    mtz.history = (lines + ([] if source is None else safe_history(source)))[:30]
     mtz.title = f"{PROGRAM} {__version__} phases"
     return mtz
 
