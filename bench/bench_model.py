@@ -85,6 +85,19 @@ def refined_model(ds: DataSet) -> gemmi.SmallStructure:
     return ss
 
 
+def composition(ss: gemmi.SmallStructure):
+    """The refined model's own formula (per asymmetric unit, Z = the number of operators),
+    for a model file that states none."""
+    from pattersolve.shelx import Formula
+
+    cell: dict[str, float] = {}
+    for s in ss.get_all_unit_cell_sites():
+        cell[s.element.name] = cell.get(s.element.name, 0.0) + s.occ
+    n_ops = len(list(ss.spacegroup.operations()))
+    return Formula({e: n / n_ops for e, n in cell.items()}, float(n_ops),
+                   "the refined model's atoms")
+
+
 def solve(ds: DataSet):
     """``pattersolve.phase`` on the data, with the model file's symmetry where needed."""
     import pattersolve
@@ -179,7 +192,7 @@ def run(ds: DataSet) -> dict:
     t_phase = time.perf_counter() - t0
     ss = refined_model(ds)
     match = frame(sol, ss)
-    formula = formula_from_file(ds.formula_file)
+    formula = formula_from_file(ds.formula_file) or composition(ss)
     ins = ds.formula_file if ds.formula_file.suffix == ".res" else None
     t1 = time.perf_counter()
     with_f = model_from_solution(sol, formula)

@@ -16,8 +16,9 @@
 3. moves the atoms by symmetry operators and lattice translations into connected fragments
    (bonded: closer than the sum of covalent radii + :data:`BOND_TOLERANCE`), grown from the
    heaviest atom along the shortest bonds, the largest fragment's centre put nearest the
-   cell's centre and every further fragment nearest the first; the remaining peaks (Q-peaks)
-   go to their image nearest an atom.
+   cell's centre and every further fragment as close as it comes to those before it (a
+   counter-ion beside its molecule); the remaining peaks (Q-peaks) go to their image nearest
+   an atom.
 
 :func:`model_structure` gives the model as a :class:`gemmi.Structure` (chain A, one residue
 ``UNL`` per fragment, atoms C1, O2, ...) for PDB and mmCIF files; :func:`model_res_text` as a
@@ -56,11 +57,24 @@ SPECIAL_SNAP = 0.4  # a peak this close to its own symmetry image sits on the sp
 BOND_TOLERANCE = 0.4  # bonded: distance < r_cov(a) + r_cov(b) + this
 NOISE_FRACTION = 0.4  # without a formula: atoms are peaks above this x the typical atom
 COUNT_SIGMA = 0.15  # relative error of an electron count measured from the map
-BOND_SIGMA = 0.12  # spread of bond lengths about the sum of covalent radii
+BOND_SIGMA = 0.05  # spread of a bond length about the nearest typical length
+RADII_SIGMA = 0.12  # ... about the sum of covalent radii, for pairs not in TYPICAL_BONDS
 DEFAULT_U = 0.05  # A^2, isotropic U written for every atom
 #: The most neighbours an element has in a molecule (others: 6; metals: 8).
 MAX_NEIGHBOURS = {"H": 1, "F": 1, "Cl": 1, "Br": 1, "I": 1, "O": 2, "S": 4, "Se": 2,
                   "N": 4, "C": 4, "B": 4, "Si": 4, "P": 5}
+#: Typical bond lengths (A) of common pairs, single to triple and aromatic (rounded from the
+#: CSD averages of Allen et al., J. Chem. Soc. Perkin Trans. 2, 1987, S1-S19).
+TYPICAL_BONDS: dict[frozenset[str], tuple[float, ...]] = {
+    frozenset(k.split("-")): v for k, v in {
+        "C-C": (1.20, 1.34, 1.39, 1.53), "C-N": (1.15, 1.28, 1.34, 1.47),
+        "C-O": (1.21, 1.34, 1.43), "C-F": (1.35,), "C-Cl": (1.75,), "C-Br": (1.90,),
+        "C-I": (2.10,), "C-S": (1.68, 1.75, 1.82), "C-P": (1.80,), "C-Si": (1.86,),
+        "C-B": (1.58,), "C-Se": (1.95,), "N-N": (1.25, 1.35, 1.45), "N-O": (1.22, 1.40),
+        "O-O": (1.48,), "S-O": (1.44, 1.50, 1.58), "S-N": (1.60, 1.68), "S-S": (2.05,),
+        "P-O": (1.48, 1.58), "P-N": (1.65,), "P-F": (1.55,), "Si-O": (1.64,),
+        "B-O": (1.37,), "B-F": (1.38,), "B-N": (1.55,), "S-F": (1.56,), "N-F": (1.40,),
+    }.items()}
 #: Light elements a formula-free model is made of, by atomic number.
 GUESS_ELEMENTS = ("C", "N", "O")
 
@@ -247,16 +261,19 @@ def _slots(counts: dict[str, float]) -> list[str]:
     return sorted(out, key=lambda e: -gemmi.Element(e).atomic_number)
 
 
-def _label_cost(labels: list[str], q: np.ndarray, pairs: np.ndarray, dist: np.ndarray) -> float:
-    """Misfit of element labels: electron counts, neighbours beyond the element's maximum,
-    bond lengths against the sum of covalent radii."""
+def _label_cost(labels: list[str], q: np.ndarray, pairs: np.ndarray, dist: np.ndarray,
+                lengths: bool = True) -> float:
+    """Misfit of element labels: electron counts, neighbours beyond the element's maximum
+    and (``lengths``) bond lengths against typical ones."""
     z = np.array([gemmi.Element(e).atomic_number for e in labels], dtype=np.float64)
     r = np.array([_radius(e) for e in labels])
     cost = float(np.sum(((q - z) / (COUNT_SIGMA * z)) ** 2))
     if len(pairs):
         ideal = r[pairs[:, 0]] + r[pairs[:, 1]]
         bonded = dist < ideal + BOND_TOLERANCE
-        cost += float(np.minimum(((dist - ideal)[bonded] / BOND_SIGMA) ** 2, 9.0).sum())
+        if lengths:
+            cost += sum(_bond_cost(labels[i], labels[j], d) for (i, j), d
+                        in zip(pairs[bonded], dist[bonded], strict=True))
         nb = np.bincount(pairs[bonded, 0], minlength=len(labels))
         most = np.array([MAX_NEIGHBOURS.get(e, 8 if gemmi.Element(e).is_metal else 6)
                          for e in labels])
@@ -264,12 +281,23 @@ def _label_cost(labels: list[str], q: np.ndarray, pairs: np.ndarray, dist: np.nd
     return cost
 
 
+def _bond_cost(e1: str, e2: str, d: float) -> float:
+    """Misfit of one bond length: to the nearest typical length of the pair, else to the sum
+    of covalent radii; at most 4."""
+    typical = TYPICAL_BONDS.get(frozenset((e1, e2)))
+    if typical is None:
+        return min(((d - _radius(e1) - _radius(e2)) / RADII_SIGMA) ** 2, 4.0)
+    return min(min((d - t) ** 2 for t in typical) / BOND_SIGMA ** 2, 4.0)
+
+
 def _refine_labels(labels: list[str], q: np.ndarray, pairs: np.ndarray, dist: np.ndarray,
                    choices: tuple[str, ...] | None = None) -> list[str]:
     """Greedy descent of :func:`_label_cost`: exchange two atoms' elements (composition
-    kept) or, with ``choices``, relabel one atom; the best move first, until none helps."""
+    kept) or, with ``choices`` (no formula), relabel one atom judged by electron count and
+    neighbours only; the best move first, until none helps."""
     labels = list(labels)
-    best = _label_cost(labels, q, pairs, dist)
+    lengths = choices is None
+    best = _label_cost(labels, q, pairs, dist, lengths)
     for _ in range(4 * len(labels) + 10):
         moves = ([(i, e) for i in range(len(labels)) for e in choices if e != labels[i]]
                  if choices else
@@ -282,7 +310,7 @@ def _refine_labels(labels: list[str], q: np.ndarray, pairs: np.ndarray, dist: np
                 trial[a] = str(b)
             else:
                 trial[a], trial[b] = labels[b], labels[a]
-            c = _label_cost(trial, q, pairs, dist)
+            c = _label_cost(trial, q, pairs, dist, lengths)
             if c < trial_best - 1e-9:
                 trial_best, trial_labels = c, trial
         if trial_labels is None:
@@ -389,7 +417,7 @@ def assemble(frac: np.ndarray, elements: list[str], cell: gemmi.UnitCell,
     positions, fragments
         The atoms' new fractional coordinates (each a symmetry image of the input) and the
         fragments as index lists, largest first; the largest fragment's centre nearest the
-        cell's centre, every other fragment's centre nearest the largest's.
+        cell's centre, every other fragment as close as it comes to those before it.
     """
     frac = np.asarray(frac, dtype=np.float64).reshape(-1, 3)
     if contacts is None:
@@ -401,29 +429,32 @@ def assemble(frac: np.ndarray, elements: list[str], cell: gemmi.UnitCell,
                                                 for i in f)))
     pos = np.array([frac[k] @ ops[k][:3, :3].T + ops[k][:3, 3]
                     for k in range(len(frac))]).reshape(-1, 3)
-    target = np.full(3, 0.5)
     for n, frag in enumerate(fragments):
-        pos[frag] = _place(pos[frag], target, cell, spacegroup)
-        if n == 0:
-            target = pos[frag].mean(axis=0)
+        placed = [i for f in fragments[:n] for i in f]
+        pos[frag] = _place(pos[frag], cell, spacegroup, pos[placed] if placed else None)
     return pos, fragments
 
 
-def _place(frac: np.ndarray, target: np.ndarray, cell: gemmi.UnitCell,
-           spacegroup: gemmi.SpaceGroup) -> np.ndarray:
+def _place(frac: np.ndarray, cell: gemmi.UnitCell, spacegroup: gemmi.SpaceGroup,
+           anchors: np.ndarray | None = None) -> np.ndarray:
     """The symmetry image (operator and lattice translation) of a whole fragment whose centre
-    lies nearest ``target`` (fractional)."""
+    lies nearest the cell's centre or, given ``anchors`` (fractional), whose closest atom
+    lies nearest an anchor."""
     orth = _orth(cell)
+    target = np.full(3, 0.5) if anchors is None else anchors.mean(axis=0)
     best, best_d = frac, np.inf
     for rot, tran in _ops(spacegroup):
         image = frac @ rot.T + tran
-        c = image.mean(axis=0)
-        base = np.floor(target - c + 0.5)
+        base = np.floor(target - image.mean(axis=0) + 0.5)
         for shift in np.ndindex(3, 3, 3):
-            t = base + np.array(shift) - 1.0
-            d = float(np.linalg.norm(orth @ (c + t - target)))
+            moved = image + base + np.array(shift) - 1.0
+            if anchors is None:
+                d = float(np.linalg.norm(orth @ (moved.mean(axis=0) - target)))
+            else:
+                d = float(np.linalg.norm((moved[:, None] - anchors[None]) @ orth.T,
+                                         axis=-1).min())
             if d < best_d - 1e-6:
-                best, best_d = image + t, d
+                best, best_d = moved, d
     return best
 
 
