@@ -15,7 +15,6 @@ import numpy as np
 
 from . import settings
 from .fourier import check_grid_holds, estimate_f000_sq, patterson_map, sampled_grid_shape
-from .simulate import grid_points_limit_error
 
 
 def patterson_group(spacegroup: gemmi.SpaceGroup) -> gemmi.SpaceGroup:
@@ -43,7 +42,6 @@ def cell_grid_shape(cell: gemmi.UnitCell, spacegroup: gemmi.SpaceGroup, hkl: np.
     """
     factors = spacegroup.operations().find_grid_factors()
     shape = sampled_grid_shape(cell, hkl, d_min, sample_rate, factors)
-    grid_points_limit_error(shape, settings.MAX_GRID_POINTS, settings.BYTES_PER_GRID_POINT)
     return shape
 
 

@@ -19,8 +19,12 @@ FREE_LABELS: tuple[str, ...] = (
 # --- resolution / grids --------------------------------------------------------------------
 D_MIN_EPS = 1e-6  # subtract from d_min when cutting a sphere so the last shell survives
 MAP_SAMPLE_RATE = 3.0  # like CCP4 GRID SAMPLE 3
-MAX_GRID_POINTS = 256**3  # refuse bigger grids (memory) with advice
-BYTES_PER_GRID_POINT = 64  # rough working-set estimate per point (complex FFTs, copies)
+#: Largest estimated peak memory of a run (``--max-memory``; pattersolve.memory): a share of
+#: the machine's memory (or of a container's limit), as ``parse_memory`` reads it. The
+#: estimate was within 0.5-2x of the measured peak (BENCHMARKS.md, memory estimate); 80 %
+#: leaves the system and other programs room, while a run past the machine's memory would be
+#: ended by the kernel (or swap for hours) without a word.
+DEFAULT_MAX_MEMORY = "80%"
 
 # --- network defaults ----------------------------------------------------------------------
 DEFAULT_MODEL = "alaala-10A"

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 import gemmi
 import numpy as np
 
-from .errors import ExitCode, PattersolveError
 from .fourier import check_grid_holds, miller_sphere, reciprocal_s2
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -367,16 +366,3 @@ def scale_to_unit_range_torch(x: torch.Tensor) -> torch.Tensor:
     lo = flat.min(1).values.view(-1, *([1] * (x.dim() - 1)))
     hi = flat.max(1).values.view(-1, *([1] * (x.dim() - 1)))
     return 2.0 * (x - lo) / (hi - lo).clamp_min(1e-12) - 1.0
-
-
-def grid_points_limit_error(shape: Sequence[int], limit: int, bytes_per_point: int) -> None:
-    """Refuse a grid bigger than ``limit`` points, with a memory estimate and advice."""
-    n = int(np.prod(shape))
-    if n > limit:
-        gib = n * bytes_per_point / 2**30
-        raise PattersolveError(
-            f"the map grid {tuple(shape)} has {n:,} points (about {gib:.1f} GiB of working "
-            f"memory), above the limit of {limit:,}",
-            "cut the resolution with --d-min or use a coarser --grid-spacing",
-            ExitCode.RESOURCES,
-        )
