@@ -16,9 +16,10 @@ columns, expands to P1 and applies the resolution cuts, exactly as for an MTZ fi
 
 Input checks (one :class:`~pattersolve.errors.PattersolveError` line each, never a traceback):
 
-* a unit cell (from a file or ``--cell``) needs six finite numbers, positive edges, angles
-  between 0 and 180 degrees that make a positive volume, and at least
-  :data:`~pattersolve.settings.MIN_CELL_VOLUME` (one atom): :func:`check_cell`. A bad
+* a unit cell (from a file or ``--cell``) needs six finite numbers, positive edges up to
+  :data:`~pattersolve.settings.MAX_CELL_EDGE`, angles between 0 and 180 degrees that make a
+  positive volume, and at least :data:`~pattersolve.settings.MIN_CELL_VOLUME` (one atom):
+  :func:`check_cell`. A bad
   ``--cell`` exits with USAGE (2), a bad cell in a file with DATA (6);
 * a SHELX line that does not parse, or whose intensity or sigma is not a finite number, is
   refused with its line number and content (INPUT_FORMAT, 4); so is a line whose index lies
@@ -44,7 +45,7 @@ import numpy as np
 
 from .errors import ExitCode, PattersolveError
 from .fourier import d_spacings
-from .settings import MAX_READ_INDEX, MIN_CELL_VOLUME, MIN_D_SPACING
+from .settings import MAX_CELL_EDGE, MAX_READ_INDEX, MIN_CELL_VOLUME, MIN_D_SPACING
 
 __all__ = ["read_sf_cif", "read_shelx_hkl", "read_shelx_hkl_with_stats", "symmetry_from_file",
            "merge_to_unique", "check_cell", "cell_problem", "find_spacegroup"]
@@ -72,9 +73,10 @@ def cell_problem(params: Sequence[float]) -> str | None:
     -------
     str or None
         The first problem found: not six finite numbers, an edge <= 0, an angle outside
-        (0, 180), angles without a volume (one angle at least the sum of the other two, or
-        the three summing to 360 or more), or a volume below
-        :data:`~pattersolve.settings.MIN_CELL_VOLUME` (too small for one atom).
+        (0, 180), an edge beyond :data:`~pattersolve.settings.MAX_CELL_EDGE`, angles without
+        a volume (one angle at least the sum of the other two, or the three summing to 360
+        or more), or a volume below :data:`~pattersolve.settings.MIN_CELL_VOLUME` (too small
+        for one atom).
     """
     vals = [float(v) for v in params]
     if len(vals) != 6:
@@ -84,6 +86,9 @@ def cell_problem(params: Sequence[float]) -> str | None:
     for name, v in zip("abc", vals[:3], strict=True):
         if v <= 0:
             return f"edge {name} = {v:g} A is not positive"
+        if v > MAX_CELL_EDGE:
+            return (f"edge {name} = {v:g} A is longer than any diffraction experiment resolves "
+                    f"({MAX_CELL_EDGE:g} A)")
     for name, v in zip(("alpha", "beta", "gamma"), vals[3:], strict=True):
         if not 0 < v < 180:
             return f"angle {name} = {v:g} degrees is not between 0 and 180"
@@ -419,7 +424,7 @@ def symmetry_from_file(path: str | Path) -> tuple[gemmi.UnitCell, gemmi.SpaceGro
     """Cell and space group from a SHELX ``.ins``/``.res`` or a small-molecule ``.cif`` file."""
     path = Path(path)
     if not path.is_file():
-        raise PattersolveError(f"{path}: no such file", "check the path given with --ins",
+        raise PattersolveError(f"{path}: no such file", "check the path of the .ins/.res/.cif file",
                                ExitCode.INPUT_MISSING)
     if path.suffix.lower() == ".cif" or path.suffix.lower() == ".mmcif":
         return _parse_small_cif(path)
@@ -483,6 +488,11 @@ def _read_text(path: Path) -> str:
         return raw.decode("latin-1")
 
 
+def _words(text: str) -> list[str]:
+    """Fields separated by ASCII blanks or tabs (a Latin-1 no-break space is not one)."""
+    return [w for w in re.split(r"[ \t]+", text) if w]
+
+
 def _hklf4_record(line: str) -> tuple[int, int, int, float, float] | None:
     """h, k, l, I, sigma of one line (``None`` for the ``0 0 0`` terminator).
 
@@ -494,8 +504,9 @@ def _hklf4_record(line: str) -> tuple[int, int, int, float, float] | None:
         if h == 0 and k == 0 and l == 0:
             return None
         i_val, s_val = float(line[12:20]), float(line[20:28])
+        tail = _words(line[28:])
     except ValueError:
-        words = line.split()
+        words = _words(line)
         try:
             h, k, l = (int(w) for w in words[:3])
             if h == 0 and k == 0 and l == 0:
@@ -503,6 +514,12 @@ def _hklf4_record(line: str) -> tuple[int, int, int, float, float] | None:
             i_val, s_val = float(words[3]), float(words[4])
         except (ValueError, IndexError):
             raise ValueError("not an HKLF 4 record (h k l I sigma)") from None
+        tail = words[5:]
+    try:  # after sigma(I): a batch number, direction cosines; numbers only
+        [float(w) for w in tail]
+    except ValueError:
+        raise ValueError("text after sigma(I) that is not a number (a batch number or "
+                         "direction cosines)") from None
     if max(abs(h), abs(k), abs(l)) > MAX_READ_INDEX:
         raise ValueError("a Miller index beyond any physical range")
     if not (math.isfinite(i_val) and math.isfinite(s_val)):
@@ -513,11 +530,12 @@ def _hklf4_record(line: str) -> tuple[int, int, int, float, float] | None:
 def _parse_hklf4(path: Path) -> HklfRows:
     """The records up to the ``0 0 0`` terminator (or the end of the file); blank lines are
     skipped, anything else that does not read is an error naming the line."""
-    lines = _read_text(path).splitlines()
+    text = _read_text(path)
+    lines = text.splitlines()
     rows: list[tuple[int, int, int, float, float]] = []
     where: list[int] = []
     for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
+        if not _words(line):
             continue
         try:
             record = _hklf4_record(line)
@@ -528,6 +546,12 @@ def _parse_hklf4(path: Path) -> HklfRows:
             break
         rows.append(record)
         where.append(lineno)
+    else:  # no terminator: a last line of blanks without its newline is a record cut short
+        if lines and lines[-1] and not text.endswith(("\n", "\r")) and not _words(lines[-1]):
+            raise PattersolveError(
+                f"{path}, line {len(lines)}: the file ends inside a record ({lines[-1]!r}, no "
+                "0 0 0 terminator): it was cut short", "give the whole file",
+                ExitCode.INPUT_FORMAT)
     if not rows:
         raise PattersolveError(f"{path}: no reflections before the 0 0 0 terminator",
                                "give a SHELX HKLF 4 file with data", ExitCode.DATA)

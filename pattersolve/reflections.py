@@ -701,8 +701,12 @@ def read_reflections(
 
 
 def _column(mtz: gemmi.Mtz, label: str | None) -> np.ndarray | None:
-    """A column as float64 (``None`` for no label)."""
-    return None if label is None else np.array(mtz.column_with_label(label), dtype=np.float64)
+    """A column as float64, infinities as missing (NaN); ``None`` for no label."""
+    if label is None:
+        return None
+    values = np.array(mtz.column_with_label(label), dtype=np.float64)
+    values[np.isinf(values)] = np.nan
+    return values
 
 
 def _measured_values(mtz: gemmi.Mtz, choice: ColumnChoice, notes: list[str]
@@ -738,7 +742,7 @@ def _usable(mtz: gemmi.Mtz, hkl: np.ndarray, val: np.ndarray, sig: np.ndarray | 
             notes.append(f"dropped {int(bad_sig.sum())} reflections with sigma <= 0 or missing")
         ok &= good_sig
     if n_nan:
-        notes.append(f"skipped {n_nan} missing (NaN) reflections")
+        notes.append(f"skipped {n_nan} missing (NaN or infinite) reflections")
     if not is_intensity:
         neg = ok & (val < 0)
         if neg.any():

@@ -163,6 +163,11 @@ MIN_D_SPACING = 0.2
 #: Smallest plausible cell volume (A^3): one atom. Diamond, the densest packing of atoms in any
 #: crystal at ambient pressure, has 5.7 A^3 per atom (a = 3.567 A, 8 atoms).
 MIN_CELL_VOLUME = 5.0
+#: Largest plausible cell edge (A). Neighbouring reflections lie about lambda / a apart in
+#: angle: 1e-4 rad for a = 10000 A at lambda = 1 A, 0.1 mm at 1 m from the crystal, about one
+#: detector pixel and less than the spots' own width, so no experiment resolves such a cell
+#: (the largest cells measured, of virus crystals, are several times smaller).
+MAX_CELL_EDGE = 10000.0
 #: Largest |h|, |k|, |l| read from a text file before the cell is checked (beyond int32, the
 #: index cannot even be stored; anything near it is a corrupt line).
 MAX_READ_INDEX = 2**31 - 1

@@ -183,6 +183,7 @@ def test_cli_end_to_end_on_latin1_header(tmp_path, capsys):
     ((5, 6, 7, 90, 90, float("nan")), "finite"),
     ((float("inf"), 6, 7, 90, 90, 90), "finite"),
     ((1, 1, 1, 90, 90, 90), "even one atom"),
+    ((1e30, 6, 7, 90, 90, 90), "longer than any diffraction experiment"),
     ((5, 6, 7, 90, 90), "instead of six"),
 ])
 def test_cell_problems(cell, why):
@@ -202,6 +203,7 @@ def test_good_cells(cell):
     ("CELL     9.0000    7.5000   10.0000  120.0000  120.0000  120.0000", "no volume"),
     ("CELL     nan    7.5000   10.0000   90.0000  101.0000   90.0000", "finite"),
     ("CELL  garbage", "even one atom"),  # gemmi falls back to a 1 A cube
+    ("CELL  1.0e+30    7.5000   10.0000   90.0000  101.0000   90.0000", "longer than any"),
 ])
 def test_bad_cell_in_an_mtz_is_refused(tmp_path, record, why):
     p = _write(_fp_mtz(), tmp_path / "cell.mtz")
@@ -220,7 +222,7 @@ def test_the_cell_flag_repairs_a_bad_cell_in_the_file(tmp_path):
 
 @pytest.mark.parametrize("cell", [(0, 1, 1, 90, 90, 90), (10, 10, 10, 200, 90, 90),
                                   (9, 7.5, 10, 120, 120, 120), (float("inf"), 7.5, 10, 90, 90, 90),
-                                  (1, 1, 1, 90, 90, 90)])
+                                  (1, 1, 1, 90, 90, 90), (1e30, 7.5, 10, 90, 101, 90)])
 def test_bad_cell_flag_is_a_usage_error(tmp_path, cell):
     p = _write(_fp_mtz(), tmp_path / "x.mtz")
     err = _error(lambda: read_reflections(p, cell=cell))
@@ -360,6 +362,9 @@ def test_shelx_sigmas_le_0_are_counted_and_reported(tmp_path):
     ("   1   1   1     nan    1.00\n", ExitCode.INPUT_FORMAT, "finite"),
     ("   1   1   1   10.00     inf\n", ExitCode.INPUT_FORMAT, "finite"),
     ("   1   1\n", ExitCode.INPUT_FORMAT, "not an HKLF 4 record"),
+    ("   1   1   1   10.00    1.00 \xdf\n", ExitCode.INPUT_FORMAT, "not a number"),
+    ("1 1 1 10.0 1.0 batch7\n", ExitCode.INPUT_FORMAT, "not a number"),
+    ("   1   1   1   10.00    1.00 \xa0\n", ExitCode.INPUT_FORMAT, "not a number"),
 ])
 def test_shelx_bad_line_is_named_by_number(tmp_path, bad, code, what):
     rows = _hkl_rows()[:5]
@@ -370,13 +375,41 @@ def test_shelx_bad_line_is_named_by_number(tmp_path, bad, code, what):
     assert "line 6" in err.message and repr(bad.strip()) in err.message
 
 
+def test_shelx_file_cut_at_the_start_of_a_record(tmp_path):
+    """No terminator and a last line of blanks without its newline: a record cut short. A
+    file cut at a line's end reads (the terminator is optional)."""
+    rows = _hkl_rows()[:6]
+    p = tmp_path / "cut.hkl"
+    p.write_text("".join(_line(*r) for r in rows) + "   ")
+    err = _error(lambda: read_reflections(p, cell=CELL, spacegroup="P 1"))
+    assert err.exit_code == ExitCode.INPUT_FORMAT and "line 7" in err.message
+    p.write_text("".join(_line(*r) for r in rows))
+    assert read_reflections(p, cell=CELL, spacegroup="P 1").summary["reflections_used"] == 6
+
+
+def test_infinite_values_are_missing_values(tmp_path):
+    hkl = _hkl_in_p1()
+    amp = _amplitudes(hkl)
+    free = np.zeros(len(hkl))
+    free[3] = -np.inf
+    sig = 0.05 * amp
+    sig[5] = np.inf
+    amp[7] = np.inf
+    p = _write(_mtz(hkl, [("FP", "F", amp), ("SIGFP", "Q", sig), ("FREE", "I", free)]),
+               tmp_path / "inf.mtz")
+    refl = read_reflections(p)
+    assert refl.summary["reflections_used"] == len(hkl) - 2
+    assert np.isfinite(refl.asu_amplitude).all() and np.isfinite(refl.asu_sigma).all()
+    assert not np.isinf(refl.asu_free).any() and np.isnan(refl.asu_free).sum() == 1
+
+
 def test_shelx_latin1_trailer_and_gzip(tmp_path):
     rows = _hkl_rows()
     p = tmp_path / "t.hkl"
-    _hkl_file(p, rows)
+    _hkl_file(p, rows, "   2   0   0   10.00    1.00   3 0.1 -0.2\n")  # batch, cosines: kept
     p.write_bytes(p.read_bytes() + b"TITL caf\xe9 after the terminator\n")
     mtz, stats = read_shelx_hkl_with_stats(p, cell=CELL, spacegroup="P 1")
-    assert stats["unique"] == len(rows)
+    assert stats["observations"] == len(rows) + 1 and stats["unique"] == len(rows)
     gz = tmp_path / "t.hkl.gz"
     gz.write_bytes(gzip.compress(p.read_bytes()))
     used = read_reflections(gz, cell=CELL, spacegroup="P 1").summary["reflections_used"]
