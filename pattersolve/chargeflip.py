@@ -34,12 +34,13 @@ Conventions as everywhere in pattersolve: ``F(h) = sum f exp(+2 pi i h.x)``,
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import gemmi
 import numpy as np
 
+from . import progress
 from .errors import ExitCode, PattersolveError
 from .fourier import HalfGrid, density_map, reciprocal_s2
 from .phases import unit_phase
@@ -111,6 +112,10 @@ class ChargeFlipResult:
     seconds: float = 0.0
 
 
+def _no_progress(n: int = 1) -> None:
+    """No progress report."""
+
+
 @dataclass
 class _Flipping:
     """One charge-flipping problem: E values, weak/strong split, threshold, half grid."""
@@ -134,11 +139,13 @@ class _Flipping:
         return cls(e=e, weak=weak, threshold=delta_sigma * rms, grid=HalfGrid(hkl, shape),
                    shape=shape)
 
-    def run(self, q: np.ndarray, cycles: int, min_cycles: int, stop_after_converged: int
+    def run(self, q: np.ndarray, cycles: int, min_cycles: int, stop_after_converged: int,
+            advance: Callable[..., None] = _no_progress
             ) -> tuple[np.ndarray, list[float], float | None, int | None]:
         """Flip from ``q`` (``conj(F)`` on the reflections). Returns the last ``q``, R per cycle,
         the plateau R (cycles 10-20) and the cycle R first fell below
-        ``CF_CONVERGED_RATIO`` of it (None: not converged)."""
+        ``CF_CONVERGED_RATIO`` of it (None: not converged). ``advance()`` is called once a
+        cycle (:mod:`pattersolve.progress`)."""
         e, weak, hg, shape = self.e, self.weak, self.grid, self.shape
         strong = ~weak
         e_strong_sum = e[strong].sum()
@@ -160,6 +167,7 @@ class _Flipping:
             grid = hg.scatter(qn)
             grid[0, 0, 0] = g000
             q = qn
+            advance()
             if cycle == 20:
                 plateau = float(np.mean(r_hist[10:21]))
             if plateau is not None and converged_at is None and r < CF_CONVERGED_RATIO * plateau:
@@ -168,6 +176,31 @@ class _Flipping:
                     and cycle - converged_at >= stop_after_converged):
                 break
         return q, r_hist, plateau, converged_at
+
+
+def _flip_starts(flip: _Flipping, e: np.ndarray, n_starts: int, cycles: int, min_cycles: int,
+                 stop_after_converged: int, rng: np.random.Generator,
+                 advance: Callable[..., None]) -> tuple[tuple | None, list[float]]:
+    """Flip from random phases until a start is clearly solved (or ``n_starts`` are spent).
+
+    Returns the best start's record ``(R, start, q, plateau R, converged, cycles)`` and the
+    final R of every start."""
+    best = None
+    r_all: list[float] = []
+    for start in range(n_starts):
+        q = e * np.exp(1j * rng.uniform(0, 2 * np.pi, len(e)))
+        q, r_hist, plateau, converged_at = flip.run(q, cycles, min_cycles, stop_after_converged,
+                                                    advance)
+        plateau = plateau if plateau is not None else r_hist[0]
+        final_r = float(np.mean(r_hist[-5:]))
+        r_all.append(final_r)
+        record = (final_r, start, q, plateau, converged_at is not None, len(r_hist))
+        if best is None or final_r < best[0]:
+            best = record
+        if (converged_at is not None and n_starts > 1 and start >= 0
+                and final_r < CF_SOLVED_RATIO * plateau):
+            break  # a clear solution: further starts would only cost time
+    return best, r_all
 
 
 def charge_flip(
@@ -236,20 +269,9 @@ def charge_flip(
     delta_sigma = CF_DELTA_SIGMA if delta is None else float(delta)
     e = normalise_amplitudes(hkl, amplitude, cell, spacegroup) if normalise else amplitude.copy()
     flip = _Flipping.make(hkl, e, shape, delta_sigma, weak_fraction)
-    best = None
-    r_all: list[float] = []
-    for start in range(n_starts):
-        q = e * np.exp(1j * rng.uniform(0, 2 * np.pi, len(e)))
-        q, r_hist, plateau, converged_at = flip.run(q, cycles, min_cycles, stop_after_converged)
-        plateau = plateau if plateau is not None else r_hist[0]
-        final_r = float(np.mean(r_hist[-5:]))
-        r_all.append(final_r)
-        record = (final_r, start, q, plateau, converged_at is not None, len(r_hist))
-        if best is None or final_r < best[0]:
-            best = record
-        if (converged_at is not None and n_starts > 1 and start >= 0
-                and final_r < CF_SOLVED_RATIO * plateau):
-            break  # a clear solution: further starts would only cost time
+    with progress.task("charge flipping", n_starts * cycles, "cycles") as advance:
+        best, r_all = _flip_starts(flip, e, n_starts, cycles, min_cycles, stop_after_converged,
+                                   rng, advance)
     assert best is not None
     final_r, start_index, q, plateau, converged, n_cyc = best
     f_phase = unit_phase(np.conj(q))

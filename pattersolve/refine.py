@@ -53,6 +53,7 @@ from typing import Any
 import gemmi
 import numpy as np
 
+from . import progress
 from .errors import ExitCode, PattersolveError
 from .fourier import (
     HalfGrid,
@@ -536,13 +537,15 @@ def _run_starts(engine: _Engine, starts: _Starts, kinds: list[str], cycles: int,
         f000s[0] = float(bk.numpy(g000).ravel()[0]) * to_f000
         seconds[0] = time.perf_counter() - t0
     if bk.name == "numpy":
-        for i in raar:
-            t0 = time.perf_counter()
-            x, _, g000 = engine.run(starts.x[i][None], support0[None], cycles, REFINE_ER_CYCLES,
-                                    shrinkwrap=not fixed)
-            results[i] = np.asarray(x)[0]
-            f000s[i] = float(np.asarray(g000).ravel()[0]) * to_f000
-            seconds[i] = time.perf_counter() - t0
+        with progress.task("refinement", len(raar), "starts") as advance:
+            for i in raar:
+                t0 = time.perf_counter()
+                x, _, g000 = engine.run(starts.x[i][None], support0[None], cycles,
+                                        REFINE_ER_CYCLES, shrinkwrap=not fixed)
+                results[i] = np.asarray(x)[0]
+                f000s[i] = float(np.asarray(g000).ravel()[0]) * to_f000
+                seconds[i] = time.perf_counter() - t0
+                advance()
     elif raar:
         t0 = time.perf_counter()
         xb = bk.asarray(np.stack([starts.x[i] for i in raar]))
