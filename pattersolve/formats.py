@@ -469,7 +469,11 @@ class HklfRows:
 def _read_text(path: Path) -> str:
     """The file as text (gzip for ``.gz``; UTF-8, else Latin-1); binary content refused."""
     try:
-        raw = gzip.open(path).read() if path.suffix.lower() == ".gz" else path.read_bytes()
+        if path.suffix.lower() == ".gz":
+            with gzip.open(path) as fh:
+                raw = fh.read()
+        else:
+            raw = path.read_bytes()
     except (EOFError, gzip.BadGzipFile) as exc:
         raise PattersolveError(f"{path}: not a readable gzip file ({exc})",
                                "give a SHELX HKLF 4 .hkl file (or a complete .hkl.gz)",
