@@ -48,7 +48,7 @@ from .shelx import (
 
 __all__ = ["Atom", "Model", "build_model", "model_structure", "model_res_text",
            "write_model_res", "write_model_mmcif", "model_from_solution", "asu_counts",
-           "formula_units"]
+           "formula_units", "model_small_cif_text", "assemble", "integrate_peaks"]
 
 # constants of the model building (A unless said)
 VOLUME_PER_ATOM = 18.0  # A^3 per non-hydrogen atom: Z from the cell volume
@@ -682,3 +682,28 @@ def write_model_mmcif(path: str | Path, model: Model, overwrite: bool = True) ->
 
     doc = model_structure(model).make_mmcif_document()
     return write_atomic(path, lambda tmp: doc.write_file(str(tmp)), overwrite)
+
+
+def model_small_cif_text(model: Model, name: str = "pattersolve") -> str:
+    """The model as a small-molecule (coreCIF) file: cell, symmetry operators and atom sites
+    (label, element, fractional x y z, U_iso, occupancy), for programs that read CIF rather
+    than ``.res`` (``gemmi.read_small_structure`` reads it back)."""
+    doc = gemmi.cif.Document()
+    block = doc.add_new_block(name)
+    for key, value in zip(("length_a", "length_b", "length_c", "angle_alpha", "angle_beta",
+                           "angle_gamma"), model.cell.parameters, strict=True):
+        block.set_pair(f"_cell_{key}", f"{value:.4f}")
+    block.set_pair("_space_group_name_H-M_alt", gemmi.cif.quote(model.spacegroup.hm))
+    block.set_pair("_space_group_IT_number", str(model.spacegroup.number))
+    if model.formula is not None:
+        block.set_pair("_chemical_formula_sum", gemmi.cif.quote(str(model.formula)))
+        block.set_pair("_cell_formula_units_Z", f"{model.z:g}")
+    ops = block.init_loop("_space_group_symop_", ["id", "operation_xyz"])
+    for k, op in enumerate(model.spacegroup.operations()):
+        ops.add_row([str(k + 1), gemmi.cif.quote(op.triplet())])
+    sites = block.init_loop("_atom_site_", ["label", "type_symbol", "fract_x", "fract_y",
+                                            "fract_z", "U_iso_or_equiv", "occupancy"])
+    for a in model.atoms:
+        sites.add_row([a.label, str(a.element), *(f"{v:.6f}" for v in a.frac),
+                       f"{DEFAULT_U:.4f}", f"{a.occupancy:.4f}"])
+    return doc.as_string()

@@ -183,3 +183,21 @@ def test_structure_and_mmcif(tmp_path):
     np.testing.assert_allclose([list(c.atom.pos) for c in back[0].all()], model.cart(),
                                atol=1e-3)
     assert len(list(model_structure(model, qpeaks=True)[0].all())) == 15
+
+
+def test_small_cif_read_by_gemmi_matches_the_res(tmp_path):
+    """gemmi reads no .res: the same model as a coreCIF, read by gemmi, has the atoms (names,
+    elements, coordinates) and space group the strict .res reader finds."""
+    from pattersolve.molecule import model_small_cif_text
+
+    model = build_model(_scattered_peaks(FRAC, ELEMENTS, SG, CELL), CELL, SG, formula=FORMULA)
+    res = read_res(model_res_text(model))
+    path = tmp_path / "model.cif"
+    path.write_text(model_small_cif_text(model))
+    ss = gemmi.read_small_structure(str(path))
+    assert ss.spacegroup.xhm() == res.spacegroup.xhm() == SG.xhm()
+    assert ss.cell.approx(CELL, 1e-4)
+    assert [(s.label, s.element.name) for s in ss.sites] == [
+        (a.name, a.element) for a in res.atoms]
+    np.testing.assert_allclose([[s.fract.x, s.fract.y, s.fract.z] for s in ss.sites],
+                               [a.frac for a in res.atoms], atol=1e-6)
