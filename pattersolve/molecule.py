@@ -2,17 +2,21 @@
 
 :func:`build_model` takes the peaks of an atomic-resolution map (one per symmetry orbit) and
 
-1. measures each peak: the density integrated within :data:`INTEGRATION_RADIUS` of it when a
-   map is given (else its height), and snaps peaks within :data:`SPECIAL_SNAP` of a special
-   position onto it (occupancy 1/multiplicity);
+1. measures each peak's strength: its height and, when a map is given, the density
+   integrated within :data:`INTEGRATION_RADIUS` of it, each relative to its median over the
+   expected atoms, averaged (on the measured sets of BENCHMARKS.md neither alone ranked the
+   elements as well); peaks within :data:`SPECIAL_SNAP` of a special position are put on it
+   (occupancy 1/multiplicity);
 2. decides how many peaks are atoms and of which elements. With a formula (per formula unit;
    Z from the file, else from the cell volume at :data:`VOLUME_PER_ATOM` A^3 per non-H atom)
    the asymmetric unit's non-H atoms are ranked against the peaks, heaviest element on the
    strongest peak; the labels are then exchanged in pairs while that lowers a cost of
    electron-count misfit, too many neighbours (O at most 2, halogens 1, C 4, ...) and bond
-   lengths far from the sum of covalent radii. Without a formula the peaks clearly above the
-   noise are atoms, labelled C, N or O by their strength relative to the median (carbon)
-   atom: a guess, said so in :attr:`Model.notes`. No hydrogens;
+   lengths far from the pair's typical lengths (:data:`TYPICAL_BONDS`; else the sum of
+   covalent radii). Without a formula the peaks above :data:`NOISE_FRACTION` of the typical
+   peak are atoms, labelled C, N or O by their strength relative to the median atom (taken
+   for carbon) and too many neighbours: a guess, said so in :attr:`Model.notes`. No
+   hydrogens;
 3. moves the atoms by symmetry operators and lattice translations into connected fragments
    (bonded: closer than the sum of covalent radii + :data:`BOND_TOLERANCE`), grown from the
    heaviest atom along the shortest bonds, the largest fragment's centre put nearest the
