@@ -24,6 +24,7 @@ from typing import Any
 
 from pattersolve import __version__
 from pattersolve.errors import ExitCode, PattersolveError
+from pattersolve.transaction import OutputSet
 
 from .reproduce import check_reproduction
 
@@ -263,21 +264,12 @@ def _checked_evaluation(card: dict[str, Any], key: str, folder: Path, model_dir:
 
 
 def _replace_files(folder: Path, copies: dict[str, Path], texts: dict[str, str]) -> None:
-    """Stage every file (copies of files, and texts) beside its target, then move them all
-    into place (0644); nothing staged is left behind on an error."""
-    staged: list[tuple[Path, Path]] = []
-    try:
+    """Replace every file (copies of files, and texts) in ``folder`` as one transaction
+    (:class:`pattersolve.transaction.OutputSet`): all of them, or none."""
+    targets = [folder / name for name in [*copies, *texts]]
+    with OutputSet(targets, overwrite=True) as out:
         for name, source in copies.items():
-            tmp = folder / f".{name}.tmp"
-            shutil.copyfile(source, tmp)
-            staged.append((tmp, folder / name))
+            out.stage(folder / name, lambda tmp, source=source: shutil.copyfile(source, tmp))
         for name, text in texts.items():
-            tmp = folder / f".{name}.tmp"
-            tmp.write_text(text)
-            staged.append((tmp, folder / name))
-        for tmp, target in staged:
-            tmp.chmod(0o644)
-            os.replace(tmp, target)
-    finally:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
+            out.stage(folder / name, lambda tmp, text=text: Path(tmp).write_text(text))
+        out.commit()

@@ -7,7 +7,6 @@ and printed as one line with the exit code they carry.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -441,9 +440,9 @@ def paired(baseline: Path, candidate: Path, json_out: Path | None) -> None:
                 "metrics": [{"key": m.key, "baseline": m.baseline, "candidate": m.candidate,
                              "difference": m.difference, "interval_95": list(m.interval),
                              "verdict": m.verdict} for m in metrics]}
-        tmp = json_out.with_name(json_out.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        os.replace(tmp, json_out)
+        from .files import write_json_atomic
+
+        write_json_atomic(json_out, data)
 
 
 def main(argv: list[str] | None = None) -> int:

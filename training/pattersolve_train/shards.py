@@ -42,7 +42,7 @@ from pattersolve.errors import ExitCode, PattersolveError
 from pattersolve.runtime import sha256_file
 from pattersolve.simulate import ELEMENTS
 
-from .files import write_json_atomic
+from .files import write_file_atomic, write_json_atomic
 
 FORMAT = "pattersolve-shards-1"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -109,11 +109,13 @@ def write_shard(path: str | os.PathLike[str], fragments: Sequence[Fragment]) -> 
     source = np.array([f.source for f in fragments], dtype=np.str_)
     if source.size == 0:
         source = np.zeros(0, dtype="<U1")
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, coords=coords.reshape(-1, 3), element=element, b_iso=b_iso,
-                 offsets=offsets, source=source)
-    os.replace(tmp, path)
+
+    def writer(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a handle: np.savez would add .npz to a name
+            np.savez(fh, coords=coords.reshape(-1, 3), element=element, b_iso=b_iso,
+                     offsets=offsets, source=source)
+
+    write_file_atomic(path, writer)
     return sha256_file(path)
 
 

@@ -51,7 +51,7 @@ from pattersolve.network import NetworkConfig, PattersonNet, count_parameters
 from pattersolve.runtime import sha256_file
 
 from .data import DataConfig, FragmentMaps, Group, fixed_indices
-from .files import write_json_atomic, write_text_atomic
+from .files import write_file_atomic, write_json_atomic, write_text_atomic
 from .shards import load_split, read_manifest
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -617,9 +617,7 @@ def write_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor],
     from safetensors.torch import save_file
 
     path = run_dir / CHECKPOINT
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    write_file_atomic(path, lambda tmp: save_file(tensors, tmp))
     meta["sha256"] = sha256_file(path)
     write_json_atomic(run_dir / CHECKPOINT_JSON, meta)
 
