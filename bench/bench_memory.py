@@ -48,16 +48,19 @@ class Case:
     d_min: float
     copies: int
     methods: tuple[str, ...]
+    extra: tuple[str, ...] = ()  # further options of the command
 
     @property
     def label(self) -> str:
         a, b, c, al, be, ga = self.cell
         angles = "" if (al, be, ga) == (90, 90, 90) else f" ({al:g},{be:g},{ga:g})"
-        return f"{a:g}x{b:g}x{c:g}{angles} {self.spacegroup.replace(' ', '')}"
+        return (f"{a:g}x{b:g}x{c:g}{angles} {self.spacegroup.replace(' ', '')}"
+                + "".join(f" {x}" for x in self.extra))
 
 
 CASES = (
     Case((10, 11, 12, 90, 90, 90), "P 1", 0.9, 1, ("classical", "hybrid", "chargeflip")),
+    Case((12, 12, 12, 90, 90, 90), "P 1", 1.5, 1, ("hybrid",), ("--average-rotations",)),
     Case((16, 18, 20, 90, 90, 90), "P 21 21 21", 1.0, 1, ("classical", "chargeflip")),
     Case((30, 32, 35, 90, 105, 90), "P 1 21 1", 2.0, 2, ("classical", "hybrid")),
     Case((57, 57, 80, 90, 90, 120), "P 31 2 1", 2.0, 4, ("classical", "hybrid")),
@@ -96,11 +99,12 @@ def peak_rss(cmd: list[str]) -> tuple[int, float, str]:
     return usage.ru_maxrss * 1024, time.perf_counter() - t0, tail
 
 
-def estimate(path: Path, method: str) -> tuple[tuple[int, int, int], int, str]:
+def estimate(path: Path, method: str, case: Case) -> tuple[tuple[int, int, int], int, str]:
     """The grid, the estimate and its largest stage, as the command would compute them."""
     refl = read_reflections(path)
     shape = cell_grid_shape(refl.cell, refl.spacegroup, refl.hkl, refl.d_min)
-    args = memory.run_arguments(refl, method)
+    args = memory.run_arguments(refl, method,
+                                average_rotations="--average-rotations" in case.extra)
     phases = memory.estimate_phases(shape, method, len(refl.hkl), **args)
     est = memory.estimate_peak_bytes(shape, method, len(refl.hkl), **args)
     return shape, est, max(phases, key=lambda k: phases[k])
@@ -142,10 +146,10 @@ def main() -> int:
             mtz = Path(tmp) / f"case{i}.mtz"
             simulated_mtz(mtz, case)
             for method in case.methods:
-                shape, est, stage = estimate(mtz, method)
+                shape, est, stage = estimate(mtz, method, case)
                 cmd = [sys.executable, "-m", "pattersolve.cli", str(mtz), "-o",
                        f"{tmp}/out.map", "--method", method, "--cycles", str(CYCLES), "-q",
-                       "--overwrite"]
+                       "--overwrite", *case.extra]
                 rss, seconds, err = peak_rss(cmd)
                 ratio = est / rss
                 bad += not (RATIO_RANGE[0] <= ratio <= RATIO_RANGE[1]) or bool(err)

@@ -66,10 +66,10 @@ log = logging.getLogger("pattersolve")
 MIB = 2**20
 GIB = 2**30
 
-#: Interpreter, numpy, gemmi, click and pattersolve's modules (measured: 40 MiB peak resident
-#: after the imports; ``bench/bench_memory.py`` prints the measured value).
+#: Interpreter, numpy, gemmi, click and pattersolve's modules: the peak resident memory after
+#: the imports (``bench/bench_memory.py`` measures it) and a few MiB of the run's small arrays.
 BASE_BYTES = 45 * MIB
-#: What ``import onnxruntime`` adds (measured: 18 MiB).
+#: What ``import onnxruntime`` adds (measured by ``bench/bench_memory.py`` too).
 ONNXRUNTIME_BYTES = 20 * MIB
 #: An ONNX Runtime session: this many times the size of ``model.onnx`` (fp16 weights made
 #: fp32 and pre-packed for the convolutions), plus :data:`SESSION_BYTES`.
@@ -82,8 +82,8 @@ READ_BYTES_PER_REFLECTION = 100
 COUNT_BYTES_PER_INDEX = 72
 #: Boxes larger than this are not enumerated (``reflections._count_possible`` estimates).
 COUNT_BOX_LIMIT = 2e7
-#: Refinement on the cell grid: float64 grids held at its peak, ``a + b * starts`` (``+ 1``
-#: with a starting prediction: its copy and the guide's prior).
+#: Refinement on the cell grid: float64 grids held at its peak, ``a + b * starts`` (2 more
+#: with a starting prediction: its map on the cell grid and the guided start's prior).
 REFINE_GRIDS = (12.5, 2.0)
 #: Refinement, per reflection: the half-grid indices, ``a + b * starts`` bytes.
 REFINE_BYTES_PER_REFLECTION = (60, 24)
@@ -99,8 +99,8 @@ HAND_SEARCH_BYTES_PER_POINT = 128
 #: locate_origin per point of its fine grid: in P1 (the map only), with one operator besides
 #: the identity, and with more (the previous operator's arrays live while the next is made).
 ORIGIN_BYTES_PER_POINT = {1: 25, 2: 168, 3: 208}
-#: Charge flipping on its grid: the iterations' maps and transforms (6 g), and the
-#: symmetrised E-maps and peak search of the recycling (19 g).
+#: Charge flipping on its grid (float64 maps): the symmetrised E-maps and the peak search of
+#: the recycling (the flipping iterations hold fewer: their maps and transforms, 6).
 CHARGEFLIP_GRIDS = 19.0
 #: peak_model_f: bytes per (reflection in a block, symmetry image of a peak).
 PEAK_MODEL_BYTES = 48
@@ -213,12 +213,6 @@ def network_cost(model: ModelInfo) -> Network:
 
 def _points(shape: Sequence[int] | None) -> int:
     return 0 if shape is None else int(np.prod([int(n) for n in shape], dtype=np.float64))
-
-
-def _half_grid_bytes(shape: Sequence[int]) -> float:
-    """Bytes of a complex ``rfftn`` half grid of a real grid ``shape``."""
-    nu, nv, nw = (int(n) for n in shape)
-    return 16.0 * nu * nv * (nw // 2 + 1)
 
 
 def _origin_bytes(symmetry_shape: Sequence[int] | None, n_operators: int) -> float:
