@@ -326,8 +326,10 @@ def _log_input(refl: Reflections) -> None:
              "/".join(col["value"]), f", sigma {'/'.join(col['sigma'])}" if col["sigma"] else "",
              f", free {col['free']}" if col["free"] else "", s["patterson_from"],
              s["amplitudes_from"])
-    log.info("reflections: %d used of %d (P1: %d), %.2f-%.2f A, completeness %.1f%%",
-             s["reflections_used"], s["reflections_in_file"], s["reflections_p1"],
+    obs = s.get("observations")
+    log.info("reflections: %d used of %d%s (P1: %d), %.2f-%.2f A, completeness %.1f%%",
+             s["reflections_used"], s["reflections_in_file"],
+             f" (from {obs['observations']} observations)" if obs else "", s["reflections_p1"],
              s["resolution"][0], s["resolution"][1], 100 * s["completeness"])
     for note in s["notes"]:
         log.info("  note: %s", note)

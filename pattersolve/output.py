@@ -19,7 +19,7 @@ import gemmi
 import numpy as np
 
 from . import PROGRAM, __version__
-from .reflections import safe_history
+from .reflections import ascii_text, safe_history
 from .transaction import write_atomic
 
 
@@ -146,7 +146,7 @@ def phased_mtz(
     mtz.set_data(data.astype(np.float32))
     mtz.update_reso()
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M")
-    lines = [f"From {PROGRAM} {__version__}, {stamp}: {history}"[:80]]
+    lines = [ascii_text(f"From {PROGRAM} {__version__}, {stamp}: {history}")[:80]]
     mtz.history = (lines + ([] if source is None else safe_history(source)))[:30]
     mtz.title = f"{PROGRAM} {__version__} phases"
     return mtz
