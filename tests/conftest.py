@@ -178,3 +178,15 @@ def train_shards(train_synthetic_source: Path, tmp_path_factory: pytest.TempPath
             progress=False)
     return out
 
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Print how many fuzz cases (tests/test_fuzz.py) ran, by outcome, when any did."""
+    counts: dict[str, int] = {}
+    for outcome, reports in terminalreporter.stats.items():
+        for rep in reports:
+            if ("test_fuzz.py::test_fuzz" in getattr(rep, "nodeid", "")
+                    and getattr(rep, "when", "") == "call"):
+                counts[outcome] = counts.get(outcome, 0) + 1
+    if counts:
+        detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        terminalreporter.write_line(f"fuzz cases: {sum(counts.values())} ({detail})")
