@@ -331,9 +331,10 @@ def _subset(contacts: list[tuple[int, int, np.ndarray, float]], chosen: np.ndarr
 
 
 def _choose_atoms(score: np.ndarray, pairs_all: list[tuple[int, int, np.ndarray, float]],
-                  counts: dict[str, float] | None
+                  counts: dict[str, float] | None, geometry: bool = True
                   ) -> tuple[np.ndarray, list[str], list[str]]:
-    """Which peaks are atoms (indices, strongest first), their elements, and notes."""
+    """Which peaks are atoms (indices, strongest first), their elements (``geometry``: the
+    labels refined with the bonding), and notes."""
     order = np.argsort(-score, kind="stable")
     notes = []
     if counts is not None:
@@ -359,7 +360,8 @@ def _choose_atoms(score: np.ndarray, pairs_all: list[tuple[int, int, np.ndarray,
     rows = _subset(pairs_all, atoms)
     pairs = np.array([r[:2] for r in rows], dtype=int).reshape(-1, 2)
     dist = np.array([r[3] for r in rows], dtype=np.float64)
-    labels = _refine_labels(labels, q, pairs, dist, choices)
+    if geometry:
+        labels = _refine_labels(labels, q, pairs, dist, choices)
     return atoms, labels, notes
 
 
@@ -496,7 +498,8 @@ def _as_formula(formula: Formula | str | dict[str, float] | None) -> Formula | N
 
 def build_model(peaks: Any, cell: gemmi.UnitCell, spacegroup: gemmi.SpaceGroup,
                 density: np.ndarray | None = None,
-                formula: Formula | str | dict[str, float] | None = None) -> Model:
+                formula: Formula | str | dict[str, float] | None = None,
+                geometry: bool = True) -> Model:
     """Atoms with elements, assembled into fragments, and Q-peaks, from density peaks.
 
     Parameters
@@ -511,6 +514,8 @@ def build_model(peaks: Any, cell: gemmi.UnitCell, spacegroup: gemmi.SpaceGroup,
     formula
         Per formula unit (``"C12 H22 O11"``, a :class:`~pattersolve.shelx.Formula` with Z
         from a file, or counts); None: C/N/O guessed (see the module's description).
+    geometry
+        Refine the elements with the bonding (False: by peak strength alone).
 
     Returns
     -------
@@ -531,7 +536,7 @@ def build_model(peaks: Any, cell: gemmi.UnitCell, spacegroup: gemmi.SpaceGroup,
     elements = list(counts) if counts else list(GUESS_ELEMENTS)
     max_d = 2 * max(_radius(e) for e in elements) + BOND_TOLERANCE
     contacts = _contacts(frac, cell, spacegroup, max_d)
-    chosen, labels, notes = _choose_atoms(score, contacts, counts)
+    chosen, labels, notes = _choose_atoms(score, contacts, counts, geometry)
     pos, fragments = assemble(frac[chosen], labels, cell, spacegroup, score[chosen],
                               _subset(contacts, chosen))
     atoms = _named_atoms(fragments, labels, pos, chosen, score, sigma, occ)
@@ -564,13 +569,13 @@ def _named_atoms(fragments: list[list[int]], labels: list[str], pos: np.ndarray,
 
 
 def model_from_solution(solution: Any, formula: Formula | str | None = None,
-                        ins: str | Path | None = None) -> Model:
+                        ins: str | Path | None = None, geometry: bool = True) -> Model:
     """:func:`build_model` on a :class:`pattersolve.api.Solution`'s peaks and map; the
     formula (and Z) from ``ins`` (a ``.ins``/``.res``/CIF) when none is given."""
     if formula is None and ins is not None and Path(ins).is_file():
         formula = formula_from_file(ins)
     return build_model(solution.find_peaks(), solution.cell, solution.spacegroup,
-                       density=solution.density, formula=formula)
+                       density=solution.density, formula=formula, geometry=geometry)
 
 
 # ---------------------------------------------------------------------------------------------
