@@ -201,3 +201,27 @@ def test_small_cif_read_by_gemmi_matches_the_res(tmp_path):
         (a.name, a.element) for a in res.atoms]
     np.testing.assert_allclose([[s.fract.x, s.fract.y, s.fract.z] for s in ss.sites],
                                [a.frac for a in res.atoms], atol=1e-6)
+
+
+def test_res_keeps_the_input_ins(tmp_path):
+    """From the data's .ins: its SFAC/UNIT, wavelength and refinement cards (not its WGHT,
+    FVAR or atoms), SHELXT-like defaults for the cards it lacks."""
+    from types import SimpleNamespace
+
+    from pattersolve.molecule import model_from_solution
+
+    ins = tmp_path / "data.ins"
+    ins.write_text("TITL x\nCELL 1.54184 7.4 6.2 16.3 90 97 90\nZERR 4 0 0 0 0 0 0\nLATT 1\n"
+                   "SYMM -X, 1/2+Y, 1/2-Z\nSFAC C H O Cl\nUNIT 28 20 8 4\nTEMP -173\n"
+                   "CGLS 5\nWGHT 0.05\nFVAR 0.8\nC1 1 0.1 0.2 0.3 11 0.02\nHKLF 4\nEND\n")
+    solution = SimpleNamespace(find_peaks=lambda: _scattered_peaks(FRAC, ELEMENTS, SG, CELL),
+                               cell=CELL, spacegroup=SG, density=None)
+    model = model_from_solution(solution, ins=ins)  # the formula from SFAC/UNIT and ZERR
+    assert model.formula.counts == {"C": 7, "H": 5, "O": 2, "Cl": 1} and model.z == 4
+    res = read_res(model_res_text(model, ins=ins))
+    assert res.sfac == ["C", "H", "O", "Cl"] and res.unit == [28, 20, 8, 4]
+    assert res.wavelength == pytest.approx(1.54184)
+    assert res.instructions[:2] == ["TEMP -173", "CGLS 5"]
+    assert "L.S. 10" not in res.instructions and "PLAN 20" in res.instructions
+    assert res.instructions[-2:] == ["WGHT 0.1", "FVAR 1.0"]
+    assert sorted(a.element for a in res.atoms) == sorted(ELEMENTS)
