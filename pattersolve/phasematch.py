@@ -41,6 +41,7 @@ import numpy as np
 from .errors import ExitCode, PattersolveError
 from .fourier import d_spacings, f_on_grid, to_half_sphere
 from .phases import phase_error_deg
+from .reflections import load_mtz
 from .settings import (
     MAP_COEFFICIENT_LABELS,
     N_RESOLUTION_BINS,
@@ -521,7 +522,10 @@ def read_map_coefficients(path: str | Path, f_label: str | None = None,
     The pair is chosen by column type (F, then P) and the label priority
     :data:`pattersolve.settings.MAP_COEFFICIENT_LABELS` (FWT/PHWT, FC/PHIC,
     F-model/PHIF-model, FP/PHIB, F/PHI, ...), or the only F and P columns; explicit labels
-    always win. Reflections with a missing amplitude or phase are dropped.
+    always win. Reflections with a missing amplitude or phase are dropped. The file is read
+    by :func:`pattersolve.reflections.load_mtz`, so a damaged header (unreadable labels, a
+    cell that is not a cell, non-integer or impossible indices) is one
+    :class:`~pattersolve.errors.PattersolveError` with the reader's exit code.
 
     Returns
     -------
@@ -529,17 +533,7 @@ def read_map_coefficients(path: str | Path, f_label: str | None = None,
         ``hkl`` P1 half-sphere ``(n, 3)`` sorted by h, k, l; ``f`` complex128.
     """
     path = str(path)
-    if not Path(path).is_file():
-        raise PattersolveError(f"{path}: no such file", "check the path", ExitCode.INPUT_MISSING)
-    try:
-        mtz = gemmi.read_mtz_file(path)
-    except (RuntimeError, ValueError, OSError) as exc:
-        raise PattersolveError(f"{path}: not a readable MTZ file ({exc})",
-                               "give an MTZ file with map coefficients",
-                               ExitCode.INPUT_FORMAT) from exc
-    if mtz.spacegroup is None:
-        raise PattersolveError(f"{path}: the MTZ has no space group",
-                               "set one with gemmi or CCP4 reindex", ExitCode.INPUT_FORMAT)
+    mtz, _ = load_mtz(path)  # checked: readable, cell, space group, column table, indices
     f_lab, p_lab = _choose_labels(mtz, path, f_label, phi_label)
     data = np.asarray(mtz.array, dtype=np.float64)
     labels = mtz.column_labels()

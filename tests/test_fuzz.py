@@ -47,6 +47,7 @@ import pytest
 from pattersolve import fourier, synthetic
 from pattersolve import simulate as sim
 from pattersolve.cli import main
+from pattersolve.cli_phasematch import main as phasematch_main
 from pattersolve.errors import ExitCode
 
 EXIT_CODES = {0, 2, 3, 4, 5, 6, 7, 9}
@@ -55,6 +56,7 @@ SOLVE = ["--method", "classical", "--cycles", "3", "--starts", "1", "--seed", "0
 OLD = {"out.map": b"an older map: must survive a failed run\n",
        "out.mtz": b"an older phased MTZ: must survive a failed run\n",
        "out.json": b'{"older": "summary: must survive a failed run"}\n'}
+OLD_PHASEMATCH = {"out.json": b'{"older": "phase errors: must survive a failed run"}\n'}
 SHARE = Path(__file__).resolve().parents[1] / "share" / "examples"
 P21_CELL = (9.0, 7.5, 10.0, 90.0, 101.0, 90.0)
 P21_ARGS = ["--cell", ",".join(f"{x:g}" for x in P21_CELL), "--spacegroup", "P 1 21 1"]
@@ -127,7 +129,8 @@ def _cif_text(hkl: np.ndarray, f: np.ndarray) -> str:
 @functools.lru_cache(maxsize=1)
 def bases() -> dict[str, bytes]:
     """Every base file, by name: MTZs (``alaala``, ``truth`` from share/examples; ``p1s`` and
-    ``p21i`` written here), ``hkl`` (SHELX, P2(1)) and ``cif`` (mmCIF, P2(1))."""
+    ``p21i`` written here; ``pm`` and ``pm21``, map coefficients FC/PHIC for
+    pattersolve-phasematch), ``hkl`` (SHELX, P2(1)) and ``cif`` (mmCIF, P2(1))."""
     out = {"alaala": (SHARE / "alaala_1akz.mtz").read_bytes(),
            "truth": (SHARE / "alaala_1akz_truth.mtz").read_bytes()}
     rng = np.random.default_rng(7)
@@ -142,6 +145,11 @@ def bases() -> dict[str, bytes]:
         out["p21i"] = _mtz_bytes(Path(tmp), "p21i", gemmi.UnitCell(*P21_CELL), hkl21,
                                  [("I", "J", inten), ("SIGI", "Q", 0.02 * inten + 0.01),
                                   ("FreeR_flag", "I", free)], gemmi.SpaceGroup("P 1 21 1"))
+    with tempfile.TemporaryDirectory() as tmp:  # map coefficients for pattersolve-phasematch
+        out["pm"] = _mtz_bytes(Path(tmp), "pm", small.placement.cell, small.hkl,
+                               synthetic.phase_columns(small.f))
+        out["pm21"] = _mtz_bytes(Path(tmp), "pm21", gemmi.UnitCell(*P21_CELL), hkl21,
+                                 synthetic.phase_columns(f21), gemmi.SpaceGroup("P 1 21 1"))
     out["hkl"] = _hkl_text(hkl21, f21).encode()
     out["cif"] = _cif_text(hkl21, f21).encode()
     return out
@@ -584,6 +592,7 @@ class Family:
 
 MTZS = ("alaala", "truth", "p1s", "p21i")
 SMALL_MTZS = ("p1s", "p21i")  # bases whose usable corruptions solve quickly
+PHASEMATCH = ("pm", "pm21")  # map-coefficient bases: cases run pattersolve-phasematch
 FAMILIES = (
     Family("mtz-stamp", mtz_stamp, MTZS, 3, 6),
     Family("mtz-header-flip", mtz_header_flip, SMALL_MTZS, 4, 12),
@@ -615,6 +624,14 @@ FAMILIES = (
     Family("cif-flip", cif_flip, ("cif",), 16, 25),
     Family("gz-truncate", gz_truncate, ("p1s", "hkl", "cif"), 4, 8),
     Family("gz-flip", gz_flip, ("p1s", "hkl", "cif"), 4, 8),
+    # pattersolve-phasematch REF TEST with a clean REF and a corrupted TEST
+    Family("mtz-stamp", mtz_stamp, PHASEMATCH, 2, 4),
+    Family("mtz-header-flip", mtz_header_flip, PHASEMATCH, 2, 6),
+    Family("mtz-coltable-flip", mtz_coltable_flip, PHASEMATCH, 2, 6),
+    Family("mtz-record-edit", mtz_record_edit, PHASEMATCH, 2, 6),
+    Family("mtz-truncate", mtz_truncate, PHASEMATCH, 3, 6),
+    Family("mtz-body", mtz_body_words, PHASEMATCH, 2, 6),
+    Family("mtz-indices", mtz_indices, PHASEMATCH, 2, 6),
 )
 _CELL = ",".join(f"{x:g}" for x in P21_CELL)
 #: Explicit symmetry for the clean .hkl, no .ins beside it: (arguments, must_fail).
@@ -667,6 +684,12 @@ class Built:
     must_fail: bool = False
     what: str = ""
     codes: frozenset[int] = frozenset(EXIT_CODES)
+    command: str = "pattersolve"  # or "phasematch": pattersolve-phasematch ref.mtz INPUT
+
+    @property
+    def old(self) -> dict[str, bytes]:
+        """The older outputs in the folder (the command's output set)."""
+        return OLD if self.command == "pattersolve" else OLD_PHASEMATCH
 
 
 def _unmerged_mtz() -> bytes:
@@ -768,6 +791,9 @@ def build(case: Case) -> Built:
         data, must_fail, what = fam.corrupt(rng, INS.encode())
         return Built({"data.hkl": b["hkl"], "data.ins": data}, "data.hkl", [], must_fail, what)
     data, must_fail, what = fam.corrupt(rng, b[case.base])
+    if case.base in PHASEMATCH:
+        return Built({"ref.mtz": b[case.base], "test.mtz": data}, "test.mtz", [], must_fail,
+                     what, command="phasematch")
     if case.family.startswith("gz-"):
         name = {"hkl": "data.hkl.gz", "cif": "data.cif.gz"}.get(case.base, "data.mtz.gz")
         extra = {"data.ins": INS.encode()} if case.base == "hkl" else {}
@@ -900,16 +926,21 @@ def execute(built: Built, folder: Path, capsys: pytest.CaptureFixture[str],
             guard_s: float = HANG_GUARD_S, fault: Fault | None = None) -> Outcome:
     """Write the case and the old outputs into ``folder`` and run ``pattersolve`` there
     (with ``fault`` injected into the output writing, if given)."""
-    for name, data in {**built.files, **OLD}.items():
+    for name, data in {**built.files, **built.old}.items():
         (folder / name).write_bytes(data)
+    command: Callable[[list[str]], object] = main
     args = [str(folder / built.input), "-o", str(folder / "out.map"), "--mtz-out",
             str(folder / "out.mtz"), "--json", str(folder / "out.json"), "--overwrite", *SOLVE,
             *built.args]
+    if built.command == "phasematch":
+        command = phasematch_main
+        args = [str(folder / "ref.mtz"), str(folder / built.input), "--json",
+                str(folder / "out.json"), "--overwrite", *built.args]
     code, crash = None, ""
     capsys.readouterr()
     with memory_guard(), hang_guard(guard_s), inject(fault):
         try:
-            main(args)
+            command(args)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except CaseTimeout as exc:
@@ -920,13 +951,18 @@ def execute(built: Built, folder: Path, capsys: pytest.CaptureFixture[str],
     return Outcome(code, out, err, crash)
 
 
-def _output_problems(folder: Path) -> list[str]:
+def _output_problems(built: Built, folder: Path) -> list[str]:
     """Problems of the outputs of a successful run (they must be new and readable)."""
     problems = []
-    for name, data in OLD.items():
+    for name, data in built.old.items():
         if not (folder / name).is_file() or (folder / name).read_bytes() == data:
             problems.append(f"exit 0 but {name} not written")
             return problems
+    if built.command == "phasematch":
+        result = json.loads((folder / "out.json").read_text())["result"]
+        if not np.isfinite(result["weighted_error"]):
+            problems.append("exit 0 but the phase error is not a number")
+        return problems
     try:
         grid = gemmi.read_ccp4_map(str(folder / "out.map")).grid
         mtz = gemmi.read_mtz_file(str(folder / "out.mtz"))
@@ -958,20 +994,20 @@ def problems_of(built: Built, run: Outcome, folder: Path) -> list[str]:
             problems.append("an interrupted run must say 'interrupted' (and no 'error:')")
     elif failed and not run.crash and len(errors) != 1:
         problems.append(f"{len(errors)} 'error:' lines on failure")
-    expected = set(built.files) | set(OLD)
+    expected = set(built.files) | set(built.old)
     present = {p.name for p in folder.iterdir()}
     if present != expected:
         problems.append(f"files left: {sorted(present - expected)}, "
                         f"missing: {sorted(expected - present)}")
     if failed:
-        changed = [n for n, d in OLD.items()
+        changed = [n for n, d in built.old.items()
                    if not (folder / n).is_file() or (folder / n).read_bytes() != d]
         if changed:
             problems.append(f"old outputs changed by a failed run: {changed}")
     elif built.must_fail:
         problems.append("exit 0 on input that cannot be usable")
     else:
-        problems += _output_problems(folder)
+        problems += _output_problems(built, folder)
     return problems
 
 

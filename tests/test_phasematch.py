@@ -336,3 +336,30 @@ def test_cli_outputs_replaced_together_or_not_at_all(tmp_path, monkeypatch):
     assert out_json.read_text() == "old json" and out_png.read_bytes() == b"old png"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.json", "old.png", "p1.mtz",
                                                            "p21.mtz"]
+
+
+def _edit_record(data: bytes, key: bytes, text: bytes) -> bytes:
+    """Replace the 80-byte header record starting with ``key`` by ``text`` (padded)."""
+    start = data.index(key, data.index(b"VERS"))
+    return data[:start] + text.ljust(80) + data[start + 80:]
+
+
+@pytest.mark.parametrize("key, text, code", [
+    (b"COLUMN FWT", b"COLUMN F\xffT F 0 100 1", None),  # a label that is not UTF-8
+    (b"CELL", b"CELL nan nan 10 90 90 90", 6),
+    (b"CELL", b"CELL 0 0 10 90 90 90", 6),
+    (b"SYMINF", b"SYMINF 1000000000 1000000000 P 1000000000 'P 7' PG1", 4),
+])
+def test_read_map_coefficients_corrupt_header_is_one_error(tmp_path, key, text, code):
+    """Damaged MTZ headers: a PattersolveError with a documented code, never a traceback."""
+    hkl_asu, f_asu, _, _ = _p21_structure_factors()
+    path = tmp_path / "map.mtz"
+    _write_mtz(path, hkl_asu, f_asu, P21_CELL, P21)
+    path.write_bytes(_edit_record(path.read_bytes(), key, text))
+    if code is None:  # still readable: the label is made safe, the pair found by type
+        cell, sg, hkl, f = read_map_coefficients(path)
+        assert len(hkl) > 0 and sg.number == 4
+        return
+    with pytest.raises(PattersolveError) as exc:
+        read_map_coefficients(path)
+    assert int(exc.value.exit_code) == code
