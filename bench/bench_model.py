@@ -86,12 +86,13 @@ def refined_model(ds: DataSet) -> gemmi.SmallStructure:
 
 
 def _fv(value: float, fvar: list[float]) -> float:
-    """A SHELX parameter ``10 m + p``: fixed (m = 1), free variable m (m > 1) or 1 - fv."""
+    """A SHELX parameter ``10 m + p``: fixed (m = 1), ``p fv_m`` (m > 1) or ``p (fv_-m - 1)``
+    (m < -1)."""
     m = int(round(value / 10)) if abs(value) >= 5 else 0
     p = value - 10 * m
-    if m in (0, 1, -1):
-        return p if m >= 0 else -p
-    return p * fvar[m - 1] if m > 1 else p * (1 - fvar[-m - 1])
+    if abs(m) <= 1:
+        return p
+    return p * fvar[m - 1] if m > 1 else p * (fvar[-m - 1] - 1)
 
 
 def read_shelxl_res(path: Path) -> gemmi.SmallStructure:
