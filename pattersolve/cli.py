@@ -138,7 +138,7 @@ def _print_models() -> None:
 @click.option("--spacegroup", help="Space group (for SHELX input without .ins, or to override).")
 @click.option("--max-memory", "max_memory_text", metavar="SIZE",
               help="Refuse a job estimated to need more memory than this (e.g. 8G, 500M; "
-                   "default: settings.DEFAULT_MAX_MEMORY).")
+                   "default: 80% of this machine's memory).")
 @click.option("--overwrite", is_flag=True,
               help="Replace existing output files (only once every new output is ready).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")

@@ -36,6 +36,7 @@ from __future__ import annotations
 import gzip
 import math
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -474,7 +475,7 @@ def _read_text(path: Path) -> str:
                 raw = fh.read()
         else:
             raw = path.read_bytes()
-    except (EOFError, gzip.BadGzipFile) as exc:
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise PattersolveError(f"{path}: not a readable gzip file ({exc})",
                                "give a SHELX HKLF 4 .hkl file (or a complete .hkl.gz)",
                                ExitCode.INPUT_FORMAT) from None

@@ -7,7 +7,7 @@ module searches both and reports the phase error after the best alignment.
 Conventions
 -----------
 * Reflections are P1 half-sphere Miller indices ``(n, 3)`` (see
-  :func:`pattersolve.simulate.miller_sphere`) with complex ``F`` in gemmi's sign convention
+  :func:`pattersolve.fourier.miller_sphere`) with complex ``F`` in gemmi's sign convention
   ``F(h) = sum_j f_j exp(+2 pi i h.x_j)``.
 * Shift: the test set is replaced by ``F_test'(h) = F_test(h) exp(2 pi i h.t)``, i.e. the test
   structure moved by ``+t`` (fractional). ``PhaseMatch.shift`` is that ``t`` (in ``[0, 1)``).

@@ -332,6 +332,7 @@ def _load(source: Source, cell: tuple[float, ...] | None, spacegroup: str | None
     _check_columns(mtz, loaded.name)
     _check_indices(mtz, loaded.name, "the file's cell" if given_cell is None
                    else "the cell given with --cell")
+    _check_merged(mtz, loaded.name)
     changed = _make_text_safe(mtz)
     if changed:
         loaded.notes.append("header text kept as ASCII (bytes that are not UTF-8 read as "
@@ -426,6 +427,20 @@ def _check_columns(mtz: gemmi.Mtz, name: str) -> None:
     if len(mtz.columns) < 4:
         raise PattersolveError(f"{name} has no data columns besides H K L",
                                "give a file with measured data", ExitCode.COLUMNS)
+
+
+def _check_merged(mtz: gemmi.Mtz, name: str) -> None:
+    """Merged data only: no M/ISYM or BATCH column, no Miller index twice."""
+    fix = ("merge the observations first (e.g. with AIMLESS or gemmi merge) and give the "
+           "merged file")
+    kinds = {c.type for c in mtz.columns}
+    if "B" in kinds or "Y" in kinds:
+        raise PattersolveError(f"{name} holds unmerged observations (M/ISYM or BATCH columns)",
+                               fix, ExitCode.DATA)
+    hkl = mtz.make_miller_array()
+    if len(hkl) and len(np.unique(hkl, axis=0)) < len(hkl):
+        raise PattersolveError(f"{name} lists some Miller indices more than once "
+                               "(unmerged data?)", fix, ExitCode.DATA)
 
 
 def _check_indices(mtz: gemmi.Mtz, name: str, cell_source: str) -> None:

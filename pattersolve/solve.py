@@ -39,6 +39,7 @@ import gemmi
 import numpy as np
 
 from . import settings
+from .errors import ExitCode, PattersolveError
 from .fourier import (
     density_map,
     grid_shape_for_spacing,
@@ -55,7 +56,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("pattersolve")
 
-METHODS = ("network", "classical", "hybrid", "chargeflip")
+#: Methods :func:`solve` runs (charge flipping is :func:`solve_chargeflip`).
+SOLVE_METHODS = ("network", "classical", "hybrid")
 
 
 def choose_method(cell: gemmi.UnitCell, d_min: float, *, n_reflections: int | None = None,
@@ -277,6 +279,9 @@ def solve(refl: Reflections, shape: tuple[int, int, int], method: str,
     ``guided`` goes to :func:`pattersolve.refine.refine_phases` (None: by the cell's packing);
     ``average_rotations`` to :func:`predict`.
     """
+    if method not in SOLVE_METHODS:
+        raise PattersolveError(f"unknown method {method!r} for solve()",
+                               f"use one of: {', '.join(SOLVE_METHODS)}", ExitCode.USAGE)
     stages: dict[str, Any] = {}
     rng = np.random.default_rng(seed)
     vol = refl.cell.volume

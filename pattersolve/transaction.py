@@ -188,7 +188,11 @@ class OutputSet:
         p = Path(path)
         if p not in self.paths:
             raise ValueError(f"{p} was not declared as an output of this set")
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent or ".")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp",
+                                       dir=p.parent or ".")
+        except OSError as exc:
+            raise _write_error(p, exc) from None
         os.close(fd)
         self._staged[p] = tmp
         try:

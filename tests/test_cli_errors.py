@@ -97,9 +97,9 @@ def test_zero_byte_file(tmp_path, capsys):
 
 def test_grid_too_large(tmp_path, capsys):
     cell = gemmi.UnitCell(1500, 1500, 1500, 90, 90, 90)
-    hkl = np.array([[1, 0, 0], [0, 1, 0], [1000, 0, 0], [0, 1400, 3]])
+    hkl = np.array([[h, 0, 0] for h in range(1, 13)] + [[1000, 0, 0], [0, 1400, 3]])
     p = tmp_path / "huge.mtz"
-    synthetic.write_data_mtz(p, cell, hkl, [("FP", "F", np.ones(4))])
+    synthetic.write_data_mtz(p, cell, hkl, [("FP", "F", np.ones(len(hkl)))])
     code, err = run_cli([p, "-o", tmp_path / "o.map"], capsys)
     assert_one_line_error(code, err, ExitCode.RESOURCES)
     assert "GiB" in err and "--d-min" in err

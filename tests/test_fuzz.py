@@ -1016,21 +1016,7 @@ def problems_of(built: Built, run: Outcome, folder: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 #: Cases that fail today, by id: the reason (the finding). ``xfail(strict=True)``: remove the
 #: entry once the case passes.
-_MKSTEMP = ("transaction.OutputSet.stage: tempfile.mkstemp is outside the try, so an OSError "
-            "creating the temporary file (full disk, no inodes) escapes main() as a traceback "
-            "(exit 1) instead of exit 9")
-_ZLIB = ("formats._read_text: a .hkl.gz with corrupt deflate data raises zlib.error "
-         "(not caught with EOFError/BadGzipFile), a traceback (exit 1) instead of exit 4")
-_UNMERGED = ("reflections.load_mtz: an unmerged MTZ (M/ISYM and BATCH columns, repeated "
-             "observations) is read as merged data and solved (exit 0); the mmCIF reader "
-             "refuses unmerged data")
-KNOWN: dict[str, str] = {
-    "out-mkstemp-1": _MKSTEMP,
-    "out-mkstemp-2": _MKSTEMP,
-    "out-mkstemp-3": _MKSTEMP,
-    **{f"gz-flip-hkl-{i:03d}": _ZLIB for i in (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11)},
-    "shape-unmerged-mtz-000": _UNMERGED,
-}
+KNOWN: dict[str, str] = {}
 #: Known failures that run for minutes (or longer) today: slow tests only, with a short hang
 #: guard (:data:`KNOWN_HANG_GUARD_S`) so that they fail quickly until fixed.
 KNOWN_SLOW: dict[str, str] = {}

@@ -83,7 +83,7 @@ def test_degraded_pattersons_train_split_only(train_shards: Path):
 
 def test_missing_reflections_match_numpy_patterson(train_shards: Path):
     """With only missing reflections, the degraded Patterson is the one implementation's
-    Patterson of the kept intensities (pattersolve.simulate.patterson_map), up to scaling."""
+    Patterson of the kept intensities (pattersolve.fourier.patterson_map), up to scaling."""
     frags = load_split(train_shards, "train", 4)
     ds = FragmentMaps(frags, _data(missing_fraction=0.5), 0, "train")
     g = ds.batch([0, 1, 2, 3], epoch=1)[0]

@@ -2,7 +2,7 @@
 
 For each test example the network's density is compared with the true density (Pearson CC
 over the grid, the paper's Fig. 4) and its structure factors (``V * ifftn`` of the predicted
-map, :func:`pattersolve.simulate.structure_factors_from_map`) with the true ones through
+map, :func:`pattersolve.fourier.structure_factors_from_map`) with the true ones through
 :func:`pattersolve.phasematch.match_phases`, which searches the origin shift and the hand, as
 CCP4 cphasematch did for the paper (Fig. 6: mean phase error and fraction < 60 deg per
 resolution bin). The same search applied to random phases with the true amplitudes
