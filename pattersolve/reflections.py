@@ -430,17 +430,13 @@ def _check_columns(mtz: gemmi.Mtz, name: str) -> None:
 
 
 def _check_merged(mtz: gemmi.Mtz, name: str) -> None:
-    """Merged data only: no M/ISYM or BATCH column, no Miller index twice."""
+    """Merged data only: no M/ISYM or BATCH column (the marks of unmerged MTZ files)."""
     fix = ("merge the observations first (e.g. with AIMLESS or gemmi merge) and give the "
            "merged file")
     kinds = {c.type for c in mtz.columns}
     if "B" in kinds or "Y" in kinds:
         raise PattersolveError(f"{name} holds unmerged observations (M/ISYM or BATCH columns)",
                                fix, ExitCode.DATA)
-    hkl = mtz.make_miller_array()
-    if len(hkl) and len(np.unique(hkl, axis=0)) < len(hkl):
-        raise PattersolveError(f"{name} lists some Miller indices more than once "
-                               "(unmerged data?)", fix, ExitCode.DATA)
 
 
 def _check_indices(mtz: gemmi.Mtz, name: str, cell_source: str) -> None:
