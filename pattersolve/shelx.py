@@ -333,7 +333,7 @@ def _sfac_unit(atoms: list[ResAtom], n_ops: int, sfac: list[str] | None,
         sfac = list(sfac)
     else:
         sfac = list(dict.fromkeys([*(sfac or []), *sorted(
-            elements, key=lambda e: (e != "C", e != "H", e))]))
+            elements, key=lambda e: (e != "C", e != "H", e))])) or ["C"]  # SHELX needs one
     counts = {e: 0.0 for e in sfac}
     for a in atoms:
         if a.element:

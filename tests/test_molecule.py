@@ -225,3 +225,13 @@ def test_res_keeps_the_input_ins(tmp_path):
     assert "L.S. 10" not in res.instructions and "PLAN 20" in res.instructions
     assert res.instructions[-2:] == ["WGHT 0.1", "FVAR 1.0"]
     assert sorted(a.element for a in res.atoms) == sorted(ELEMENTS)
+
+
+@pytest.mark.parametrize("formula", [None, FORMULA])
+def test_no_peaks_still_a_readable_res(formula):
+    empty = np.zeros((0, 3))
+    model = build_model(Peaks(empty, empty, np.zeros(0), np.zeros(0)), CELL, SG,
+                        density=np.zeros((8, 8, 16)), formula=formula)
+    assert model.atoms == [] and model.fragments == []
+    res = read_res(model_res_text(model))
+    assert res.atoms == [] and res.sfac and len(res.unit) == len(res.sfac)
