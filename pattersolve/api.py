@@ -59,6 +59,7 @@ class Options:
     threads: int | None = None
     average_rotations: bool = False
     max_memory: int | None = None
+    formula: str | None = None
 
 
 @dataclass
@@ -113,6 +114,8 @@ class Solution:
     stages: dict[str, Any]
     options: Options = field(default_factory=Options)
     seconds: float = 0.0
+    _model_cache: tuple[str | None, Any] = field(default=(None, None), repr=False,
+                                                 compare=False)
 
     # --- views ----------------------------------------------------------------------------
     @property
@@ -181,6 +184,31 @@ class Solution:
                                     n_max=settings.PEAKS_MAX)
         return self.peaks
 
+    def model(self, formula: str | None = None) -> Any:
+        """A first atomic model from the map's peaks (:class:`pattersolve.molecule.Model`):
+        elements from ``formula`` (else the one given to :func:`phase`, else the SHELX
+        ``.ins``/CIF the symmetry came from, else C/N/O by peak strength), atoms moved by
+        symmetry into connected molecules."""
+        from .molecule import model_from_solution
+
+        formula = formula or self.options.formula
+        key = formula or ""
+        if self._model_cache[0] != key:
+            self._model_cache = (key, model_from_solution(self, formula,
+                                                          _symmetry_file(self.reflections)))
+        return self._model_cache[1]
+
+    def res_text(self, formula: str | None = None) -> str:
+        """The first model as a SHELX ``.res`` that SHELXL and Olex2 start from (the input
+        ``.ins``'s SFAC/UNIT and refinement instructions kept)."""
+        from .molecule import model_res_text
+
+        return model_res_text(self.model(formula), _symmetry_file(self.reflections))
+
+    def write_res(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+        """Write the first model as a SHELX ``.res`` (atomically)."""
+        return self.write(res_path=path, mtz_path=False, overwrite=overwrite)["res"]
+
     def patterson_map(self) -> tuple[np.ndarray, gemmi.SpaceGroup]:
         """The data's Patterson map on the solution's grid, and the Patterson group."""
         from .patterson import patterson, patterson_group
@@ -207,6 +235,8 @@ class Solution:
               json_path: str | os.PathLike[str] | None = None,
               patterson_path: str | os.PathLike[str] | None = None,
               peaks_path: str | os.PathLike[str] | None = None, *,
+              res_path: str | os.PathLike[str] | None = None,
+              model_cif_path: str | os.PathLike[str] | None = None,
               overwrite: bool = False, outputs: OutputSet | None = None) -> dict[str, Path]:
         """Write the outputs as one transaction: all of them, or none and nothing changed.
 
@@ -218,7 +248,7 @@ class Solution:
         from .transaction import OutputSet
 
         paths = output_paths(self.reflections, map_path, mtz_path, json_path, patterson_path,
-                             peaks_path)
+                             peaks_path, res_path, model_cif_path)
         own = outputs is None
         out = outputs or OutputSet(paths.values(), overwrite,
                                    protect=_input_files(self.reflections))
@@ -234,8 +264,8 @@ class Solution:
         return paths
 
     def _stage(self, out: OutputSet, paths: dict[str, Path]) -> None:
+        from .molecule import model_structure
         from .output import json_text
-        from .peaks import peaks_structure
 
         if "map" in paths:
             out.stage(paths["map"], self.ccp4_map().write_ccp4_map)
@@ -248,8 +278,14 @@ class Solution:
             out.stage(paths["patterson"],
                       ccp4_map(pmap, self.cell, pg, f"Patterson ({pg.hm})").write_ccp4_map)
         if "peaks" in paths:
-            st = peaks_structure(self.find_peaks(), self.cell, self.spacegroup)
+            st = model_structure(self.model(), qpeaks=True)
             out.stage(paths["peaks"], st.write_pdb)
+        if "model_cif" in paths:
+            doc = model_structure(self.model()).make_mmcif_document()
+            out.stage(paths["model_cif"], lambda tmp: doc.write_file(str(tmp)))
+        if "res" in paths:
+            text = self.res_text()
+            out.stage(paths["res"], lambda tmp: Path(tmp).write_text(text))
         if "json" in paths:
             text = json_text(self.summary({k: str(v) for k, v in paths.items()}))
             out.stage(paths["json"], lambda tmp: Path(tmp).write_text(text))
@@ -261,10 +297,15 @@ def _amplitude_label(refl: Reflections) -> str | None:
     return col.get("amplitude") or (col.get("value") or [None])[0]
 
 
+def _symmetry_file(refl: Reflections) -> str | None:
+    """The SHELX ``.ins``/``.res`` or CIF that gave a ``.hkl`` file's cell and symmetry."""
+    source = (refl.summary.get("observations") or {}).get("symmetry_from")
+    return source if source and Path(source).is_file() else None
+
+
 def _input_files(refl: Reflections) -> list[str]:
     """Files the data came from (never to be replaced by an output)."""
-    return [str(f) for f in (refl.summary.get("file"), refl.summary.get("symmetry_file"))
-            if f]
+    return [str(f) for f in (refl.summary.get("file"), _symmetry_file(refl)) if f]
 
 
 # -------------------------------------------------------------------------------------------
@@ -283,14 +324,29 @@ def default_mtz_path(map_path: str | os.PathLike[str],
     return p
 
 
+def default_res_path(map_path: str | os.PathLike[str], data: str | os.PathLike[str],
+                     inputs: list[str] | tuple[str, ...] = ()) -> Path | None:
+    """The first model's default ``.res`` for SHELX ``.hkl`` data: the map's name with
+    ``.res`` (``_model.res`` where that is an input file); None for other data."""
+    name = Path(data).name.lower()
+    if not (name.endswith(".hkl") or name.endswith(".hkl.gz")):
+        return None
+    p = Path(map_path).with_suffix(".res")
+    if p.resolve() in {Path(i).resolve() for i in inputs}:
+        p = Path(map_path).with_name(Path(map_path).stem + "_model.res")
+    return p
+
+
 def output_paths(refl: Reflections, map_path: Any, mtz_path: Any, json_path: Any,
-                 patterson_path: Any, peaks_path: Any) -> dict[str, Path]:
+                 patterson_path: Any, peaks_path: Any, res_path: Any = None,
+                 model_cif_path: Any = None) -> dict[str, Path]:
     """The outputs by kind (the MTZ's default resolved; ``mtz_path=False``: no MTZ)."""
     inputs = _input_files(refl)
     if mtz_path is None and map_path is not None:
         mtz_path = default_mtz_path(map_path, inputs)
     named = {"map": map_path, "mtz": mtz_path or None, "json": json_path,
-             "patterson": patterson_path, "peaks": peaks_path}
+             "patterson": patterson_path, "peaks": peaks_path, "res": res_path,
+             "model_cif": model_cif_path}
     return {k: Path(v) for k, v in named.items() if v is not None}
 
 
@@ -440,7 +496,7 @@ def phase(data: DataLike, *, method: str = "auto", model: str | None = None,
           cycles: int = settings.DEFAULT_CYCLES, starts: int = settings.DEFAULT_STARTS,
           backend: str = "auto", device: str = "auto", threads: int | None = None,
           average_rotations: bool = False, max_memory: int | None = None,
-          **read_options: Any) -> Solution:
+          formula: str | None = None, **read_options: Any) -> Solution:
     """Phase measured data: read, choose the method, solve, check; a :class:`Solution`.
 
     Parameters
@@ -464,6 +520,9 @@ def phase(data: DataLike, *, method: str = "auto", model: str | None = None,
     max_memory
         Refuse (before any large allocation) a job estimated to need more bytes than this
         (default ``settings.DEFAULT_MAX_MEMORY``).
+    formula
+        The chemical formula (``"C12 H22 O11"``) for the first model's elements
+        (:meth:`Solution.model`); default: from a SHELX ``.ins`` or CIF beside the data.
     **read_options
         ``i_label``, ``sigi_label``, ``f_label``, ``sigf_label``, ``free_label``, ``cell``,
         ``spacegroup``, ``french_wilson`` (:func:`pattersolve.reflections.read_reflections`).
@@ -476,8 +535,13 @@ def phase(data: DataLike, *, method: str = "auto", model: str | None = None,
     t0 = time.perf_counter()
     opt = Options(method=method, model=model, backend=backend, device=device, cycles=cycles,
                   starts=starts, seed=seed, threads=threads,
-                  average_rotations=average_rotations, max_memory=max_memory)
+                  average_rotations=average_rotations, max_memory=max_memory,
+                  formula=formula)
     check_method(method)
+    if formula is not None:
+        from .shelx import parse_formula
+
+        parse_formula(formula)  # a bad formula fails before the work
     if d_min is not None:
         read_options["d_min"] = d_min
     if d_max is not None:

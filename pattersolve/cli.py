@@ -104,7 +104,17 @@ def _print_models() -> None:
                    "chargeflip = charge flipping (atomic resolution); auto chooses by "
                    "resolution and cell.")
 @click.option("--peaks", "peaks_out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the strongest density peaks as atoms to this PDB file.")
+              help="Write the first model (elements assigned, molecules assembled) and the "
+                   "remaining peaks to this PDB file.")
+@click.option("--res", "res_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the first model as a SHELX .res for SHELXL/Olex2 (default for "
+                   "SHELX .hkl input: the map's name with .res).")
+@click.option("--no-res", is_flag=True, help="No .res for SHELX .hkl input.")
+@click.option("--model-cif", "model_cif_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the first model as mmCIF.")
+@click.option("--formula", metavar="TEXT",
+              help='Chemical formula for the model\'s elements, e.g. "C12 H22 O11" '
+                   "(default: SFAC/UNIT of the .ins or the CIF's formula).")
 @click.option("--model", help="Model name (see --list-models) or model folder.")
 @click.option("--list-models", is_flag=True, help="List the installed models and exit.")
 @click.option("--backend", type=click.Choice(["auto", "onnx", "torch"]), default="auto",
@@ -146,7 +156,8 @@ def _print_models() -> None:
 @click.version_option(__version__, prog_name=PROGRAM)
 def pattersolve_command(input_file: Path | None, map_out: Path | None, mtz_out: Path | None,
                         json_out: Path | None, patterson_map: Path | None, method: str,
-                        peaks_out: Path | None,
+                        peaks_out: Path | None, res_out: Path | None, no_res: bool,
+                        model_cif_out: Path | None, formula: str | None,
                         model: str | None, list_models: bool, backend: str, device: str,
                         cycles: int, starts: int, seed: int, threads: int | None,
                         average_rotations: bool, d_min: float | None, d_max: float | None,
@@ -174,9 +185,10 @@ def pattersolve_command(input_file: Path | None, map_out: Path | None, mtz_out: 
     if input_file is None or map_out is None:
         raise PattersolveError("INPUT and -o/--output are required",
                                "run: pattersolve INPUT -o OUT.map (see --help)", ExitCode.USAGE)
-    run(input_file=input_file, map_out=map_out, mtz_out=mtz_out, json_out=json_out,
-        patterson_out=patterson_map, peaks_out=peaks_out, overwrite=overwrite,
-        method=method, model=model, backend=backend, device=device, cycles=cycles,
+    outputs = {"map": map_out, "mtz": mtz_out, "json": json_out, "patterson": patterson_map,
+               "peaks": peaks_out, "res": res_out, "model_cif": model_cif_out}
+    run(input_file=input_file, outputs=outputs, overwrite=overwrite, no_res=no_res,
+        formula=formula, method=method, model=model, backend=backend, device=device, cycles=cycles,
         starts=starts, seed=seed, threads=threads, average_rotations=average_rotations,
         d_min=d_min, d_max=d_max, max_memory=max_memory, i_label=i_label,
         sigi_label=sigi_label, f_label=f_label, sigf_label=sigf_label, free_label=free_label,
@@ -184,32 +196,41 @@ def pattersolve_command(input_file: Path | None, map_out: Path | None, mtz_out: 
         french_wilson=french_wilson)
 
 
-def _claim_outputs(input_file: Path, map_out: Path, mtz_out: Path | None,
-                   json_out: Path | None, patterson_out: Path | None, peaks_out: Path | None,
+def _inputs(input_file: Path) -> list[str]:
+    """The input and the SHELX files beside a .hkl that may give its cell and symmetry."""
+    stem = input_file.name.removesuffix(".gz").removesuffix(".hkl").removesuffix(".HKL")
+    beside = [input_file.with_name(stem + s) for s in (".ins", ".res", ".cif")]
+    return [str(input_file)] + [str(p) for p in beside if p.exists()]
+
+
+def _claim_outputs(input_file: Path, named: dict[str, Path | None], no_res: bool,
                    overwrite: bool) -> tuple[OutputSet, dict[str, Path]]:
-    """Check and lock every output before any work (a second run fails here, at once)."""
-    from .api import default_mtz_path
+    """Fill in the default MTZ and .res, then check and lock every output before any work
+    (a second run with the same outputs fails here, at once)."""
+    from .api import default_mtz_path, default_res_path
     from .transaction import OutputSet
 
-    named = {"map": map_out, "mtz": mtz_out or default_mtz_path(map_out, [str(input_file)]),
-             "json": json_out, "patterson": patterson_out, "peaks": peaks_out}
-    paths = {k: v for k, v in named.items() if v is not None}
-    return OutputSet(paths.values(), overwrite, protect=[input_file]).claim(), paths
+    inputs = _inputs(input_file)
+    named = dict(named)
+    named["mtz"] = named.get("mtz") or default_mtz_path(named["map"], inputs)
+    if named.get("res") is None and not no_res:
+        named["res"] = default_res_path(named["map"], input_file, inputs)
+    paths = {k: Path(v) for k, v in named.items() if v is not None}
+    return OutputSet(paths.values(), overwrite, protect=inputs).claim(), paths
 
 
-def run(*, input_file: Path, map_out: Path, mtz_out: Path | None = None,
-        json_out: Path | None = None, patterson_out: Path | None = None,
-        peaks_out: Path | None = None, overwrite: bool = False,
-        **options: Any) -> dict[str, Any]:
+def run(*, input_file: Path, outputs: dict[str, Path | None], overwrite: bool = False,
+        no_res: bool = False, **options: Any) -> dict[str, Any]:
     """The whole job: claim the outputs, :func:`pattersolve.phase`, write; the JSON summary.
 
-    ``options`` are :func:`pattersolve.phase`'s keyword arguments.
+    ``outputs``: paths by kind (``map``, ``mtz``, ``json``, ``patterson``, ``peaks``,
+    ``res``, ``model_cif``; None: not written, or the default); ``options`` are
+    :func:`pattersolve.phase`'s keyword arguments.
     """
     from .api import phase
 
     t_start = time.perf_counter()
-    outputs, paths = _claim_outputs(input_file, map_out, mtz_out, json_out, patterson_out,
-                                    peaks_out, overwrite)
+    claimed, paths = _claim_outputs(input_file, outputs, no_res, overwrite)
     try:
         log.info("%s %s", PROGRAM, __version__)
         log.info("parameters: %s", ", ".join(f"{k}={v}" for k, v in options.items()
@@ -217,10 +238,11 @@ def run(*, input_file: Path, map_out: Path, mtz_out: Path | None = None,
         sol = phase(input_file, **options)
         sol.seconds = time.perf_counter() - t_start
         sol.write(paths["map"], paths["mtz"], paths.get("json"), paths.get("patterson"),
-                  paths.get("peaks"), outputs=outputs)
+                  paths.get("peaks"), res_path=paths.get("res"),
+                  model_cif_path=paths.get("model_cif"), outputs=claimed)
     finally:
-        outputs.abort()
-        outputs.release()
+        claimed.abort()
+        claimed.release()
     log.info("wrote %s (%s)", ", ".join(str(p) for p in paths.values()), sol.spacegroup.hm)
     return sol.summary({k: str(v) for k, v in paths.items()})
 

@@ -195,3 +195,54 @@ def test_data_no_structure_explains_are_not_claimed():
     assert s.method == "chargeflip"
     assert s.confident is False
     assert any("unreliable" in w for w in s.warnings)
+
+
+@pytest.mark.slow
+def test_first_model_as_res_from_the_api(tmp_path):
+    """The solved synthetic molecule as a .res: every atom, elements from the formula."""
+    from pattersolve.shelx import read_res
+
+    mtz, ss = _small_molecule_mtz()
+    s = phase(mtz, f_label="FP", sigf_label="SIGFP", formula="C9 O4 S")
+    res = read_res(s.res_text())
+    assert set(res.sfac) >= {"C", "O", "S"}
+    elements = sorted(a.element for a in res.atoms)
+    assert elements == sorted(["S"] + ["O"] * 4 + ["C"] * 9)
+    assert res.latt == -1 and res.symm == ["-X, 1/2+Y, -Z"]
+    path = s.write_res(tmp_path / "m.res")
+    assert read_res(path).atoms == res.atoms
+
+
+def test_bad_formula_fails_before_the_work(alaala_mtz):
+    data, _ = alaala_mtz
+    with pytest.raises(PattersolveError) as err:
+        phase(data, formula="C12 Xx3", **CHEAP)
+    assert err.value.exit_code == ExitCode.USAGE
+
+
+@pytest.mark.slow
+def test_command_writes_res_beside_shelx_data_never_over_its_res(tmp_path, capsys):
+    """SHELX data with their symmetry in a .res of the same name: the model goes to
+    NAME_model.res, the input .res stays as it was."""
+    from pattersolve.cli import main
+    from pattersolve.shelx import read_res
+
+    mtz, _ = _small_molecule_mtz()
+    hkl = mtz.make_miller_array()
+    amp = np.array(mtz.column_with_label("FP"))
+    lines = [f"{h:4d}{k:4d}{l:4d}{a * a:8.2f}{0.02 * a * a + 0.1:8.2f}"
+             for (h, k, l), a in zip(hkl.tolist(), amp, strict=True)]
+    (tmp_path / "x.hkl").write_text("\n".join(lines + ["   0   0   0    0.00    0.00"]) + "\n")
+    ins = ("TITL x\nCELL 0.71073 7.0 8.0 9.0 90 104 90\nZERR 2 0 0 0 0 0 0\nLATT -1\n"
+           "SYMM -X, 1/2+Y, -Z\nSFAC C O S\nUNIT 18 8 2\nHKLF 4\nEND\n")
+    (tmp_path / "x.res").write_text(ins)
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "x.hkl"), "-o", str(tmp_path / "x.map"), "--peaks",
+              str(tmp_path / "p.pdb")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 0, err
+    assert (tmp_path / "x.res").read_text() == ins
+    model = read_res(tmp_path / "x_model.res")
+    assert sorted(a.element for a in model.atoms) == sorted(["S"] + ["O"] * 4 + ["C"] * 9)
+    st = gemmi.read_structure(str(tmp_path / "p.pdb"))
+    assert {a.element.name for r in st[0]["A"] for a in r} >= {"C", "O", "S"}
