@@ -628,6 +628,24 @@ def merge_to_unique(hkl: np.ndarray, intensity: np.ndarray, sigma: np.ndarray,
     return uniq, isum / wsum, 1.0 / np.sqrt(wsum), stats
 
 
+def embedded_hkl(path: str | Path) -> str | None:
+    """The HKLF 4 text of a CIF's ``_shelx_hkl_file`` (IUCr CIFs carry their reflections
+    so), or None when the CIF has none."""
+    path = Path(path)
+    try:
+        if b"_shelx_hkl_file" not in _read_text(path).encode("latin-1", "replace"):
+            return None
+        doc = gemmi.cif.read(str(path))
+    except (RuntimeError, ValueError) as exc:
+        raise PattersolveError(f"{path}: not a readable CIF ({exc})",
+                               "give an intact CIF file", ExitCode.INPUT_FORMAT) from None
+    for block in doc:
+        value = block.find_value("_shelx_hkl_file")
+        if value is not None:
+            return gemmi.cif.as_string(value)
+    return None
+
+
 def read_shelx_hkl(
     path: str | Path,
     *,

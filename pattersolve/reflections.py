@@ -351,8 +351,11 @@ def _read_file(p: Path, cell: gemmi.UnitCell | None, sg: gemmi.SpaceGroup | None
                                "check the path and its permissions", ExitCode.INPUT_MISSING)
     suffix = "".join(p.suffixes[-2:]).lower() if p.suffix == ".gz" else p.suffix.lower()
     if suffix in (".cif", ".mmcif", ".cif.gz", ".ent"):
-        from .formats import read_sf_cif
+        from .formats import embedded_hkl, read_sf_cif
 
+        text = embedded_hkl(p) if suffix == ".cif" else None
+        if text is not None:
+            return _read_embedded_hkl(p, text, cell, sg)
         return _Loaded(read_sf_cif(p, cell=cell, spacegroup=sg), "mmcif", str(p), str(p))
     if suffix in (".hkl", ".hkl.gz"):
         from .formats import read_shelx_hkl_with_stats
@@ -369,6 +372,26 @@ def _read_file(p: Path, cell: gemmi.UnitCell | None, sg: gemmi.SpaceGroup | None
             ExitCode.INPUT_FORMAT,
         ) from None
     return _Loaded(mtz, "mtz", str(p), str(p))
+
+
+def _read_embedded_hkl(p: Path, text: str, cell: gemmi.UnitCell | None,
+                       sg: gemmi.SpaceGroup | None) -> _Loaded:
+    """A small-molecule CIF's ``_shelx_hkl_file`` read as a SHELX file, with the CIF's own
+    cell and symmetry (and its formula, for the first model)."""
+    import tempfile
+
+    from .formats import read_shelx_hkl_with_stats
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hkl = Path(tmp) / (p.stem + ".hkl")
+        hkl.write_text(text)
+        mtz, stats = read_shelx_hkl_with_stats(hkl, cell=cell, spacegroup=sg,
+                                               ins=None if cell and sg else p)
+    if not (cell and sg):
+        stats["symmetry_from"] = str(p)
+    return _Loaded(mtz, "shelx (in CIF)", str(p), str(p),
+                   [_shelx_note(stats) + " (the CIF's _shelx_hkl_file)"],
+                   {"observations": stats})
 
 
 def _shelx_note(stats: dict[str, Any]) -> str:

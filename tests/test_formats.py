@@ -187,3 +187,29 @@ def test_no_atom_count_warning_in_the_models_own_cell():
     w = domain_warnings(big, 1.8, 495, gemmi.SpaceGroup("P 1 21 1"), model_info=model,
                         method="hybrid")
     assert any("non-hydrogen atoms" in x for x in w), w
+
+
+def test_cif_with_embedded_shelx_hkl_file(tmp_path):
+    """An IUCr CIF carrying its reflections (_shelx_hkl_file) reads like the .hkl + .ins."""
+    from pattersolve.reflections import read_reflections
+
+    rows = [(1, 0, 0, 100.0, 2.0), (0, 1, 0, 50.0, 1.5), (0, 2, 0, 40.0, 1.0),
+            (0, 0, 1, 30.0, 1.0), (1, 1, 1, 20.0, 1.0), (-1, 1, 2, 10.0, 0.5),
+            (2, 0, -1, 5.0, 0.5)]
+    hkl = "\n".join(f"{h:4d}{k:4d}{l:4d}{i:8.2f}{s:8.2f}" for h, k, l, i, s in rows)
+    hkl += "\n   0   0   0    0.00    0.00\n"
+    (tmp_path / "x.hkl").write_text(hkl)
+    (tmp_path / "x.ins").write_text("TITL x\nCELL 0.71073 7 8 9 90 104 90\nZERR 2 0 0 0 0 0 0\n"
+                                    "LATT -1\nSYMM -X, 1/2+Y, -Z\nSFAC C O\nUNIT 20 8\nHKLF 4\nEND\n")
+    cif = ("data_x\n_cell_length_a 7\n_cell_length_b 8\n_cell_length_c 9\n"
+           "_cell_angle_alpha 90\n_cell_angle_beta 104\n_cell_angle_gamma 90\n"
+           "_space_group_name_H-M_alt 'P 1 21 1'\n"
+           "loop_\n_space_group_symop_operation_xyz\n'x, y, z'\n'-x, y+1/2, -z'\n"
+           "_chemical_formula_sum 'C10 O4'\n_shelx_hkl_file\n;\n" + hkl + ";\n")
+    (tmp_path / "y.cif").write_text(cif)
+    a = read_reflections(tmp_path / "x.hkl")
+    b = read_reflections(tmp_path / "y.cif")
+    assert b.summary["format"] == "shelx (in CIF)"
+    assert b.spacegroup.hm == a.spacegroup.hm == "P 1 21 1"
+    assert np.array_equal(a.hkl, b.hkl) and np.allclose(a.intensity, b.intensity)
+    assert b.summary["observations"]["symmetry_from"] == str(tmp_path / "y.cif")
