@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pattersolve")
 
 #: Valid values of ``method``.
-METHODS = ("auto", "hybrid", "network", "classical", "chargeflip")
+METHODS = ("auto", "hybrid", "network", "classical", "chargeflip", "patterson")
 
 #: What the data argument of :func:`phase` may be.
 DataLike = str | os.PathLike[str] | gemmi.Mtz | Reflections | Any
@@ -447,6 +447,13 @@ def _run_method(refl: Reflections, shape: tuple[int, int, int], method: str,
 
     if method == "chargeflip":
         sol = solve_chargeflip(refl, seed=opt.seed)
+    elif method == "patterson":
+        from .heavy import solve_patterson
+        from .shelx import formula_from_file
+
+        ins = _symmetry_file(refl)
+        formula = opt.formula or (formula_from_file(ins) if ins else None)
+        sol = solve_patterson(refl, formula=formula, seed=opt.seed)
     else:
         device = "numpy"
         if opt.device == "cuda" or (opt.device == "auto" and predictor is not None

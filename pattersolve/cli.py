@@ -98,11 +98,12 @@ def _print_models() -> None:
 @click.option("--patterson-map", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the Patterson map (header: the Patterson group).")
 @click.option("--method", type=click.Choice(["auto", "hybrid", "network", "classical",
-                                             "chargeflip"]),
+                                             "chargeflip", "patterson"]),
               default="auto", show_default=True,
               help="hybrid = network + refinement; classical = refinement from random phases; "
-                   "chargeflip = charge flipping (atomic resolution); auto chooses by "
-                   "resolution and cell.")
+                   "chargeflip = charge flipping (atomic resolution); patterson = heavy atoms "
+                   "from the Patterson + Fourier recycling (one heavy atom among light ones, "
+                   "down to about 1.6 A); auto chooses by resolution and cell.")
 @click.option("--peaks", "peaks_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the first model (elements assigned, molecules assembled) and the "
                    "remaining peaks to this PDB file.")

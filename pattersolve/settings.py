@@ -171,3 +171,15 @@ MAX_CELL_EDGE = 10000.0
 #: Largest |h|, |k|, |l| read from a text file before the cell is checked (beyond int32, the
 #: index cannot even be stored; anything near it is a corrupt line).
 MAX_READ_INDEX = 2**31 - 1
+
+# --- the Patterson method for heavy atoms (pattersolve.heavy) -------------------------------
+PATT_SAMPLE_RATE = 3.0  # Patterson / vector-search grid: about d_min / 3 spacing
+PATT_TRIALS = 6  # first heavy-atom sites (distinct Harker vector sets) completed in turn
+PATT_MAX_UNKNOWN_SITES = 2  # no formula: 1 .. this many heavy sites per asymmetric unit tried
+PATT_SITE_MIN_DISTANCE = 2.0  # A: heavy sites closer than this to a placed one are not tried
+PATT_HEAVY_LIGHT_DISTANCE = 1.6  # A: E-map peaks closer to a heavy atom are ripples, not atoms
+PATT_CYCLES = 8  # Fourier recycling cycles per trial heavy-atom solution
+PATT_RAMP_CYCLES = 3  # light atoms ramp up to the expected count over this many cycles
+#: CC(|E_obs|, |E_calc|) of the completed model above which the solution counts as confident
+#: (and no further trial is completed).
+PATT_CONFIDENT_CC = 0.75
