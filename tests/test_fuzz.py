@@ -930,8 +930,8 @@ def execute(built: Built, folder: Path, capsys: pytest.CaptureFixture[str],
         (folder / name).write_bytes(data)
     command: Callable[[list[str]], object] = main
     args = [str(folder / built.input), "-o", str(folder / "out.map"), "--mtz-out",
-            str(folder / "out.mtz"), "--json", str(folder / "out.json"), "--overwrite", *SOLVE,
-            *built.args]
+            str(folder / "out.mtz"), "--json", str(folder / "out.json"), "--no-res",
+            "--overwrite", *SOLVE, *built.args]
     if built.command == "phasematch":
         command = phasematch_main
         args = [str(folder / "ref.mtz"), str(folder / built.input), "--json",
