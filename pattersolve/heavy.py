@@ -382,8 +382,8 @@ class _Job:
         n_ops = len(space_group_ops(sg))
         sigma_n = n_ops * (max(contents.n_heavy) * ff[0] ** 2 + contents.n_light * ff[1] ** 2)
         centric = np.asarray(sg.operations().centric_flag_array(hkl.astype(np.int32)), bool)
-        return cls(hkl=hkl, amp=amp, e=normalise_amplitudes(hkl, amp, cell, sg), cell=cell,
-                   sg=sg, shape=grid_for_chargeflip(cell, hkl, sg), centric=centric,
+        return cls(hkl=hkl, amp=amp, e=normalise_amplitudes(hkl, amp, cell, sg),
+                   cell=cell, sg=sg, shape=grid_for_chargeflip(cell, hkl, sg), centric=centric,
                    f_heavy=ff[0], f_light=ff[1], sigma_n=sigma_n, contents=contents)
 
 
@@ -415,13 +415,16 @@ def _model(job: _Job, heavy: np.ndarray, light: np.ndarray, occ: np.ndarray
     return f, np.clip(share / job.sigma_n, 0.01, 0.95)
 
 
+def _cc(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 and a.std() > 0 and b.std() > 0 else 0.0
+
+
 def _sim(job: _Job, f_calc: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Sim weights, phases (unit numbers) and CC(|E_obs|, |E_calc|) of a model."""
     e_calc = normalise_amplitudes(job.hkl, np.abs(f_calc), job.cell, job.sg)
     x = 2.0 * job.e * np.sqrt(q) * e_calc / (1.0 - q)
     m = np.where(job.centric, np.tanh(0.5 * x), bessel_ratio(x))
-    cc = float(np.corrcoef(job.e, e_calc)[0, 1]) if e_calc.std() > 0 else 0.0
-    return m, unit_phase(f_calc), cc
+    return m, unit_phase(f_calc), _cc(job.e, e_calc)
 
 
 def _light_atoms(job: _Job, heavy: np.ndarray, m: np.ndarray, phase: np.ndarray, n_take: int
@@ -466,22 +469,26 @@ def complete_structure(job: _Job, trial: Trial, cycles: int = settings.PATT_CYCL
 # ---------------------------------------------------------------------------------------------
 # the method
 # ---------------------------------------------------------------------------------------------
+def _record(trial: Trial, kind: str) -> dict[str, Any]:
+    return {"kind": kind, "sites": [[round(float(v), 4) for v in s] for s in trial.heavy],
+            "vector_score": round(trial.vector_score, 2), "cc": round(trial.cc, 3),
+            "r": round(trial.r, 3)}
+
+
 def _trials(job: _Job, pmap: np.ndarray) -> tuple[Trial, list[dict[str, Any]]]:
-    """Every trial heavy-atom solution completed in turn (stopping at the first confident
-    one); the best by CC and a record of all."""
+    """Every trial heavy-atom solution completed in turn (stopping once one is clearly
+    solved); the best by CC and a record of all."""
     best: Trial | None = None
     record = []
     for n_heavy in job.contents.n_heavy:
         for sites, score in locate_heavy_atoms(pmap, job.cell, job.sg, n_heavy):
             trial = complete_structure(job, Trial(heavy=sites, vector_score=score))
-            record.append({"sites": [[round(float(v), 4) for v in s] for s in sites],
-                           "vector_score": round(score, 2), "cc": round(trial.cc, 3),
-                           "r": round(trial.r, 3)})
+            record.append(_record(trial, "patterson"))
             log.info("patterson: %d heavy site(s), vector score %.2f -> CC %.3f, R(E) %.3f",
                      len(sites), score, trial.cc, trial.r)
             if best is None or trial.cc > best.cc:
                 best = trial
-            if best.cc >= settings.PATT_CONFIDENT_CC:
+            if best.cc >= settings.PATT_SOLVED_CC:
                 return best, record
     if best is None:  # pragma: no cover - locate_heavy_atoms always returns a trial
         raise PattersolveError("the Patterson vector search found no heavy-atom site",
@@ -489,11 +496,40 @@ def _trials(job: _Job, pmap: np.ndarray) -> tuple[Trial, list[dict[str, Any]]]:
     return best, record
 
 
+def _decoys(job: _Job, best: Trial, seed: int, record: list[dict[str, Any]]) -> float:
+    """The highest CC that the same completion reaches from heavy atoms at random sites.
+
+    Peaks picked from a map that carries the measured amplitudes fit those amplitudes
+    whatever the phases, the more so the fewer reflections per atom: a wrong model reaches
+    CC 0.77 at 1.8 A in a small cell. The decoys measure that floor for these data.
+    """
+    rng = np.random.default_rng(seed)
+    floor = -1.0
+    for _ in range(settings.PATT_DECOYS):
+        sites = rng.random(best.heavy.shape)
+        trial = complete_structure(job, Trial(heavy=sites, vector_score=float("nan")))
+        record.append(_record(trial, "decoy"))
+        floor = max(floor, trial.cc)
+    return floor
+
+
 def _final_peaks(job: _Job, trial: Trial) -> Peaks:
     emap = density_map(job.hkl, trial.fom * job.e * trial.phase, job.shape, job.cell.volume)
     n = int(np.ceil(2 * (job.contents.n_light + max(job.contents.n_heavy))))
     return find_peaks(emap, job.cell, job.sg, n_max=n,
                       min_distance=settings.RECYCLE_PEAK_DISTANCE)
+
+
+def _confidence(best: Trial, floor: float) -> tuple[bool, list[str]]:
+    """Confident: CC at least PATT_CONFIDENT_CC and PATT_CONFIDENT_MARGIN above the decoys."""
+    want = max(settings.PATT_CONFIDENT_CC, floor + settings.PATT_CONFIDENT_MARGIN)
+    if best.cc >= want:
+        return True, []
+    return False, [f"the Patterson method found no convincing heavy-atom solution (CC(E) of "
+                   f"the completed model {best.cc:.2f}, want >= {want:.2f}: at least "
+                   f"{settings.PATT_CONFIDENT_CC} and {settings.PATT_CONFIDENT_MARGIN} above "
+                   f"models grown from random sites, {floor:.2f}): treat the map as "
+                   "unreliable"]
 
 
 def solve_patterson(refl: Reflections, formula: Any = None, seed: int = 0) -> Any:
@@ -507,14 +543,16 @@ def solve_patterson(refl: Reflections, formula: Any = None, seed: int = 0) -> An
         The chemical formula (``"Pd C20 H24 N2 O2"`` or a :class:`pattersolve.shelx.Formula`);
         None: the heavy element and count are estimated from the Patterson.
     seed
-        Unused: the method is deterministic (kept for the same call as the other methods).
+        Seeds the random heavy-atom sites of the decoys that measure the CC a wrong model
+        reaches on these data (:data:`~pattersolve.settings.PATT_DECOYS`).
 
     Returns
     -------
     pattersolve.solve.Solution
         In the crystal's space group at its origin (``symmetric``); ``confident`` when the
         completed model's CC(|E_obs|, |E_calc|) reaches
-        :data:`~pattersolve.settings.PATT_CONFIDENT_CC`; ``stages["patterson"]`` holds the
+        :data:`~pattersolve.settings.PATT_CONFIDENT_CC` and beats the decoys by
+        :data:`~pattersolve.settings.PATT_CONFIDENT_MARGIN`; ``stages["patterson"]`` holds the
         heavy atoms found and every trial's score.
     """
     from .solve import _ARBITRARY, Solution, _hand
@@ -530,23 +568,22 @@ def solve_patterson(refl: Reflections, formula: Any = None, seed: int = 0) -> An
     contents = heavy_contents(formula, hkl, amp, cell, sg, pshape)
     job = _Job.make(hkl, amp, cell, sg, contents)
     best, record = _trials(job, sharpened_patterson(hkl, amp, cell, sg, pshape))
-    confident = best.cc >= settings.PATT_CONFIDENT_CC
+    floor = _decoys(job, best, seed, record)
+    confident, warnings = _confidence(best, floor)
     f = np.zeros(len(refl.hkl), dtype=np.complex128)
     fom = np.zeros(len(refl.hkl))
     f[ok], fom[ok] = amp * best.phase, best.fom
     stage = {"heavy_element": contents.element, "basis": contents.basis,
              "heavy_sites": [[round(float(v), 4) for v in s] for s in best.heavy],
              "vector_score": round(best.vector_score, 2), "cc": round(best.cc, 3),
-             "r_e": round(best.r, 3), "light_atoms": len(best.light), "cycles": best.cycles,
-             "threshold_cc": settings.PATT_CONFIDENT_CC, "trials": record,
+             "decoy_cc": round(floor, 3), "r_e": round(best.r, 3),
+             "light_atoms": len(best.light), "cycles": best.cycles,
+             "threshold_cc": settings.PATT_CONFIDENT_CC,
+             "margin": settings.PATT_CONFIDENT_MARGIN, "trials": record,
              "patterson_grid": list(pshape), "seconds": round(time.perf_counter() - t0, 3)}
-    warnings = [] if confident else [
-        f"the Patterson method found no convincing heavy-atom solution (CC(E) of the completed "
-        f"model {best.cc:.2f}, want >= {settings.PATT_CONFIDENT_CC}): treat the map as "
-        "unreliable"]
-    log.info("patterson: %s at %s, CC %.3f, %s, %.2f s", contents.element,
-             stage["heavy_sites"], best.cc, "confident" if confident else "NOT confident",
-             stage["seconds"])
+    log.info("patterson: %s at %s, CC %.3f (decoys %.3f), %s, %.2f s", contents.element,
+             stage["heavy_sites"], best.cc, floor, "confident" if confident else
+             "NOT confident", stage["seconds"])
     return Solution(f=f, fom=fom, density=density_map(refl.hkl, fom * f, job.shape, cell.volume),
                     shape=job.shape, method="patterson",
                     stages={"patterson": stage, "hand": _hand(refl, "arbitrary", _ARBITRARY)},

@@ -180,6 +180,11 @@ PATT_SITE_MIN_DISTANCE = 2.0  # A: heavy sites closer than this to a placed one 
 PATT_HEAVY_LIGHT_DISTANCE = 1.6  # A: E-map peaks closer to a heavy atom are ripples, not atoms
 PATT_CYCLES = 8  # Fourier recycling cycles per trial heavy-atom solution
 PATT_RAMP_CYCLES = 3  # light atoms ramp up to the expected count over this many cycles
-#: CC(|E_obs|, |E_calc|) of the completed model above which the solution counts as confident
-#: (and no further trial is completed).
-PATT_CONFIDENT_CC = 0.75
+#: CC(|E_obs|, |E_calc|) of a completed trial at which no further trial is completed.
+PATT_SOLVED_CC = 0.80
+#: Heavy atoms at random sites, completed the same way: the CC a wrong model reaches on the
+#: data (peaks picked from a map with the measured amplitudes fit them whatever the phases).
+PATT_DECOYS = 4
+#: Confident: CC at least PATT_CONFIDENT_CC and PATT_CONFIDENT_MARGIN above the best decoy.
+PATT_CONFIDENT_CC = 0.70
+PATT_CONFIDENT_MARGIN = 0.25
