@@ -82,6 +82,7 @@ def test_network_alone_beats_random_phases(tmp_path, alaala_mtz):
     assert m.weighted_error < 60.0, m.to_dict()  # random phases: ~78 deg here
 
 
+@pytest.mark.slow
 def test_network_averaged_over_rotations(tmp_path, alaala_mtz):
     """--average-rotations: 24 Pattersons of the 10 A cube, reported in the JSON; the averaged
     prediction is better than the single one on this map (6.3 -> 4.4 deg weighted); a

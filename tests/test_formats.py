@@ -199,8 +199,9 @@ def test_cif_with_embedded_shelx_hkl_file(tmp_path):
     hkl = "\n".join(f"{h:4d}{k:4d}{l:4d}{i:8.2f}{s:8.2f}" for h, k, l, i, s in rows)
     hkl += "\n   0   0   0    0.00    0.00\n"
     (tmp_path / "x.hkl").write_text(hkl)
-    (tmp_path / "x.ins").write_text("TITL x\nCELL 0.71073 7 8 9 90 104 90\nZERR 2 0 0 0 0 0 0\n"
-                                    "LATT -1\nSYMM -X, 1/2+Y, -Z\nSFAC C O\nUNIT 20 8\nHKLF 4\nEND\n")
+    (tmp_path / "x.ins").write_text(
+        "TITL x\nCELL 0.71073 7 8 9 90 104 90\nZERR 2 0 0 0 0 0 0\n"
+        "LATT -1\nSYMM -X, 1/2+Y, -Z\nSFAC C O\nUNIT 20 8\nHKLF 4\nEND\n")
     cif = ("data_x\n_cell_length_a 7\n_cell_length_b 8\n_cell_length_c 9\n"
            "_cell_angle_alpha 90\n_cell_angle_beta 104\n_cell_angle_gamma 90\n"
            "_space_group_name_H-M_alt 'P 1 21 1'\n"

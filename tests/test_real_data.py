@@ -54,6 +54,7 @@ def _model_from_pdb(pdb: Path, sg: gemmi.SpaceGroup):
     return np.array(frac), el, np.array(b), np.array(occ)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, hkl_file, cif_file", [
     ("sucrose", "sucrose_P21_smallmol/sucrose.hkl", "sucrose_P21_smallmol/sucrose.cif"),
     ("ethylene oxide", "epoxide_P21n_smallmol/epoxide.hkl", "epoxide_P21n_smallmol/epoxide.cif"),

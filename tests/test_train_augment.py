@@ -97,6 +97,7 @@ def test_missing_reflections_match_numpy_patterson(train_shards: Path):
         assert np.allclose(g.patterson[j, 0].numpy(), ref, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_training_with_degraded_inputs_runs_and_resumes(tmp_path: Path, train_shards: Path):
     base = T.load_config(CONFIGS / "tiny.toml")
     cfg = replace(base, shards=str(train_shards), max_steps=12, eval_every=6,

@@ -81,6 +81,7 @@ def _single(shards: str, bn_train: bool, halves: bool) -> dict[str, np.ndarray]:
     return {k: (parts[0][k] + parts[1][k]) / 2 for k in parts[0]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bn_train", [False, True])
 def test_two_processes_match_one(tmp_path: Path, train_shards: Path, bn_train: bool) -> None:
     out = str(tmp_path / "grads.npz")

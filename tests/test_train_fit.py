@@ -24,6 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 
+@pytest.mark.slow
 def test_exact_resume_is_bit_identical(tmp_path: Path, train_shards: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tiny_config(train_shards, max_steps=24, eval_every=10, checkpoint_every=7, log_every=5)
@@ -74,6 +75,7 @@ def test_resume_refuses_mismatch(tmp_path: Path, train_shards: Path) -> None:
         T.fit(cfg, tmp_path / "r", resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_loss_decreases_ontiny_config(tmp_path: Path, train_shards: Path) -> None:
     cfg = tiny_config(train_shards, max_steps=100, log_every=10, eval_every=100)
     result = T.fit(cfg, tmp_path / "run", progress=False)
