@@ -111,7 +111,9 @@ OUTPUT_GRIDS = 6.0
 #: A suggested resolution cut leaves at least this many reflections (refinement's minimum).
 MIN_REFLECTIONS_LEFT = 10
 
-METHODS = ("classical", "hybrid", "network", "chargeflip")
+#: ``patterson`` (pattersolve.heavy) is estimated as charge flipping: maps on the same
+#: symmetry grid and a peak model; not yet checked against measured peaks (bench_memory).
+METHODS = ("classical", "hybrid", "network", "chargeflip", "patterson")
 _UNITS = {"B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -252,7 +254,7 @@ def estimate_phases(shape: Sequence[int], method: str, n_reflections: int, *,
         phases["hand"] = held + 2 * g + HAND_SEARCH_BYTES_PER_POINT * search_points
     if method == "network":
         phases["map"] = held + 4 * g + 64 * n_refl
-    if method == "chargeflip":
+    if method in ("chargeflip", "patterson"):
         s = 8.0 * _points(symmetry_shape)
         block = min(n_refl, PEAK_MODEL_BLOCK)
         phases["chargeflip"] = CHARGEFLIP_GRIDS * s + 2 * s
@@ -347,7 +349,7 @@ def run_arguments(refl: Reflections, method: str, model: ModelInfo | str | None 
     box = math.prod(2 * math.floor(x / d_min) + 1 for x in (cell.a, cell.b, cell.c))
     args: dict[str, Any] = {"n_operators": n_ops, "count_box": float(box),
                             "symmetry_shape": grid_for_chargeflip(cell, hkl, sg)}
-    if method == "chargeflip":
+    if method in ("chargeflip", "patterson"):
         n_exp = expected_atoms(cell, sg)
         peaks = max(2, math.ceil(1.2 * n_exp), math.ceil(2 * n_exp))
         args["peak_images"] = peaks * n_ops
