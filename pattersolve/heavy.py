@@ -233,21 +233,34 @@ def _next_site(pmap: np.ndarray, cell: gemmi.UnitCell, sg: gemmi.SpaceGroup,
     return frac[0], float(height[0])
 
 
+def _vector_sum(pmap: np.ndarray, pts: np.ndarray, sg: gemmi.SpaceGroup,
+                fixed: np.ndarray | None) -> np.ndarray:
+    """Summed Patterson value at the Harker (and cross) vectors of each point."""
+    vec = [harker_vectors(pts, sg)]
+    if fixed is not None and len(fixed):
+        vec.append(cross_vectors(pts, fixed, sg))
+    v = np.concatenate(vec, axis=1)
+    return _interpolate(pmap, v).sum(axis=1) if v.shape[1] else np.zeros(len(pts))
+
+
 def _refine_site(pmap: np.ndarray, site: np.ndarray, sg: gemmi.SpaceGroup,
                  fixed: np.ndarray | None) -> np.ndarray:
-    """Sub-grid position: the best of 9 x 9 x 9 offsets within one grid step by the summed
-    Patterson value at the site's vectors (smooth, unlike their minimum), twice."""
-    step = 1.0 / np.asarray(pmap.shape, dtype=np.float64)
-    offsets = (_grid_points((9, 9, 9)) * 9 - 4) / 4.0  # -1 .. 1 in steps of 1/4
-    for scale in (1.0, 0.25):
-        pts = site + offsets * step * scale
-        vec = [harker_vectors(pts, sg)]
-        if fixed is not None and len(fixed):
-            vec.append(cross_vectors(pts, fixed, sg))
-        v = np.concatenate(vec, axis=1)
-        if v.shape[1] == 0:
-            return site % 1.0
-        site = pts[int(np.argmax(_interpolate(pmap, v).sum(axis=1)))]
+    """Sub-grid position by a parabola along each axis through the summed Patterson value at
+    the site's vectors (smooth, unlike their minimum) half a grid step either side (a whole
+    step of a vector ``2x``), twice."""
+    step = 0.5 / np.asarray(pmap.shape, dtype=np.float64)
+    site = np.asarray(site, dtype=np.float64).copy()
+    for _ in range(2):
+        pts = np.repeat(site[None], 7, axis=0)
+        for axis in range(3):
+            pts[1 + 2 * axis, axis] -= step[axis]
+            pts[2 + 2 * axis, axis] += step[axis]
+        val = _vector_sum(pmap, pts, sg, fixed)
+        for axis in range(3):
+            fm, f0, fp = val[1 + 2 * axis], val[0], val[2 + 2 * axis]
+            den = fm - 2.0 * f0 + fp
+            if den < -1e-12:
+                site[axis] += float(np.clip(0.5 * (fm - fp) / den, -1.0, 1.0)) * step[axis]
     return site % 1.0
 
 
