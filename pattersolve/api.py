@@ -469,6 +469,9 @@ def _run_method(refl: Reflections, shape: tuple[int, int, int], method: str,
 def _confidence_basis(method: str, confident: bool | None) -> str:
     if method == "chargeflip":
         return "symmetry agreement and model R (charge flipping)"
+    if method == "patterson":
+        return ("CC(E) of the completed heavy-atom model against models grown from random "
+                "heavy-atom sites (Patterson method)")
     if confident is None:
         return ("not assessed: P1 data have no symmetry to check; see mean_fom and the "
                 "amplitude residuals")
