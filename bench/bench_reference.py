@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_phasing import REGIMES, bench_arguments, cell_grid, fragments, make_data  # noqa: E402
 
+from pattersolve import settings  # noqa: E402
 from pattersolve.fourier import (  # noqa: E402
     HalfGrid,
     estimate_f000_sq,
@@ -451,7 +452,8 @@ def main() -> None:
         print(f"# noise {noise}: {time.perf_counter() - t0:.0f} s", flush=True)
     report(f"{args.n} {args.split}-split hard-regime maps per noise level, seed {args.seed}; "
            f"reference {recipe.starts} starts x {recipe.iterations} + {recipe.er_iterations} "
-           "ER; default and classical 4 starts x 300 cycles",
+           f"ER; default and classical {settings.DEFAULT_STARTS} starts x "
+           f"{settings.DEFAULT_CYCLES} cycles",
            summary_table(results) + "\n\n" + paired_table(results)
            + (f"\n\n{against_table(results, args.against)}" if args.against else ""),
            results, args.json_out,

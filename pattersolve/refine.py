@@ -3,12 +3,14 @@
 The iterate is a density ``x`` on the full P1 grid. Two projections alternate:
 
 * amplitude projection ``P_M``: inside the data's resolution sphere, measured reflections
-  get the measured amplitude (with ``sigma``: the nearest amplitude within
-  ``k * sigma`` of ``Fobs``, ``k =`` :data:`~pattersolve.settings.REFINE_SIGMA_K`) and keep
-  their current phase; unmeasured reflections inside the sphere are left as they are (the
-  real-space constraints fill them); everything beyond the sphere is set to 0; ``F(000)`` is
-  fixed (estimated from the Patterson with :func:`pattersolve.fourier.estimate_f000_sq`
-  unless given).
+  get the measured amplitude (with ``sigma`` and ``k =``
+  :data:`~pattersolve.settings.REFINE_SIGMA_K` > 0: the nearest amplitude within
+  ``k * sigma`` of ``Fobs``; the shipped ``k`` is 0, exact, which measured better with noisy
+  data) and keep their current phase; unmeasured reflections inside the sphere are left as
+  they are (the real-space constraints fill them); everything beyond the sphere is set to 0;
+  ``F(000)`` is fixed (estimated from the Patterson with
+  :func:`pattersolve.fourier.estimate_f000_sq` unless given; where reflections inside the
+  sphere are missing it follows the support, see :meth:`_Engine.run`).
 * support projection ``P_S``: zero outside a support, and positivity inside.
 
 RAAR (``x <- beta/2 (R_S R_M + I) x + (1 - beta) P_M x``, ``beta ~ 0.9``) runs with
@@ -16,7 +18,12 @@ shrink-wrap (every :data:`~pattersolve.settings.REFINE_SHRINKWRAP_EVERY` iterati
 support is re-estimated from the Gaussian-blurred current density, blur shrinking from
 :data:`~pattersolve.settings.REFINE_BLUR_START` to ``..._END`` A), followed by
 :data:`~pattersolve.settings.REFINE_ER_CYCLES` iterations of error reduction
-(``x <- P_S P_M x``). Among several starts the one with the lowest amplitude residual
+(``x <- P_S P_M x``). Over the last :data:`~pattersolve.settings.REFINE_ANNEAL_FRACTION` of
+the RAAR cycles ``beta`` falls to :data:`~pattersolve.settings.REFINE_BETA_END`: with noisy
+amplitudes no density fits exactly and RAAR at ``beta`` 0.9 keeps moving even from the true
+phases; the lower ``beta`` settles it in the basin it found (bench/bench_reference.py, where
+the schedule and constants were chosen against a plain reference recipe). Among several
+starts the one with the lowest amplitude residual
 ``R = sum | |Fo| - k |Fc| | / sum |Fo|`` (``k`` a least-squares scale, ``Fc`` from the
 constrained density) is kept; this needs no truth.
 
@@ -34,8 +41,12 @@ constrained density) is kept; this needs no truth.
   plain ER. There RAAR leaves even a good prediction's basin (from CC 0.91 predictions at
   2.5 A, 0.23 of the maps ended < 15 deg; with the guided start 0.70: BENCHMARKS.md,
   hand-over), while in open cells RAAR from the prediction works and the guided start can
-  hold on to a wrong one. The unrefined prediction is itself a candidate, so a good start is
-  never replaced by a refined one with a higher residual.
+  hold on to a wrong one. With the guided start (and
+  :data:`~pattersolve.settings.HYBRID_GUIDED_POOL`) ``n_starts`` classical starts follow it
+  (random phases, Patterson support: exactly ``--method classical``'s starts), all in one
+  pool chosen by the residual, so the result's residual is never above classical mode's. The
+  unrefined prediction is itself a candidate, so a good start is never replaced by a refined
+  one with a higher residual.
 * A given support (``support=``, e.g. a molecular envelope) replaces either mode's first
   support and stays fixed unless ``fix_support=False``. In the hard regime's packed cells a
   fixed envelope of 1.6 A spheres on the true atoms solves every map, 2.0 A spheres about two
@@ -71,10 +82,14 @@ from .settings import (
     HYBRID_GUIDE_FRACTION,
     HYBRID_GUIDE_MIN_PACKING,
     HYBRID_GUIDE_WEIGHT,
+    HYBRID_GUIDED_POOL,
     HYBRID_NOISE_DEG,
     HYBRID_SUPPORT_BLUR,
     PACKING_PER_ELECTRON,
     RAAR_BETA,
+    REFINE_ADAPT_F000,
+    REFINE_ANNEAL_FRACTION,
+    REFINE_BETA_END,
     REFINE_BLUR_END,
     REFINE_BLUR_START,
     REFINE_ER_CYCLES,
@@ -336,6 +351,14 @@ class _Engine:
         blurred = self.blur(x, sigma_a)
         return blurred > threshold * self.bk.max3(blurred)
 
+    def beta_at(self, it: int, cycles: int) -> float:
+        """RAAR's beta at iteration ``it``: ``beta``, falling linearly to ``REFINE_BETA_END``
+        over the last ``REFINE_ANNEAL_FRACTION`` of the ``cycles``."""
+        start = cycles - round(REFINE_ANNEAL_FRACTION * cycles)
+        if it < start or cycles - start < 2:
+            return self.beta
+        return self.beta + (REFINE_BETA_END - self.beta) * (it - start) / (cycles - 1 - start)
+
     def run(self, x: Any, support: Any, cycles: int, er_cycles: int, shrinkwrap: bool = True
             ) -> tuple[Any, Any, Any]:
         """RAAR with shrink-wrap (or with ``support`` fixed: ``shrinkwrap=False``), then ER.
@@ -349,11 +372,11 @@ class _Engine:
         support fraction nears 1, the map is no contraction, and an unbounded ``F000`` runs
         away (the support then fills the cell and the residual becomes meaningless).
         """
-        beta = self.beta
         self.g000 = self.prob.g000 + 0.0 * self.bk.sum3(x)  # one F000 per start
         n_updates = max(1, cycles // REFINE_SHRINKWRAP_EVERY)
         update = 0
         for it in range(cycles):
+            beta = self.beta_at(it, cycles)
             p = self.project_amplitudes(x)
             y = 2.0 * p - x
             ok = support & (y > 0)
@@ -478,6 +501,7 @@ class _Starts:
 
     x: list[np.ndarray]  # starting density per start, on the grid
     support: np.ndarray  # first support (bool, grid)
+    supports: list[np.ndarray] = field(default_factory=list)  # per start (default: support)
     pred: np.ndarray | None = None  # the prediction map (hybrid mode)
     f_pred: np.ndarray | None = None  # its structure factors on hkl
     residual_pred: float = float("nan")  # its amplitude residual
@@ -485,15 +509,23 @@ class _Starts:
 
 def _starting_models(hkl: np.ndarray, fo: np.ndarray, measured: np.ndarray,
                      start_density: np.ndarray | None, engine: _Engine, n_starts: int,
-                     rng: np.random.Generator, f000: float) -> _Starts:
+                     rng: np.random.Generator, f000: float, pool: bool = False) -> _Starts:
     """Random phases and the Patterson's support (classical), or the prediction's phases
-    (perturbed for the second and later starts) and support (hybrid)."""
+    (perturbed for the second and later starts) and support (hybrid). With ``pool`` (hybrid)
+    the prediction's start comes first and ``n_starts`` classical ones follow."""
     shape, volume = engine.prob.shape, engine.prob.volume
-    if start_density is None:
+    if start_density is None or pool:
         support0 = _patterson_support(hkl[measured], fo[measured], shape, volume, f000)
         phases = [rng.uniform(-np.pi, np.pi, len(hkl)) for _ in range(n_starts)]
         out = _Starts(x=[], support=support0)
-        start_amp = fo
+        out.x = [density_map(hkl, fo * np.exp(1j * ph), shape, volume, f000) for ph in phases]
+        out.supports = [support0] * n_starts
+        if start_density is None:
+            return out
+        first = _starting_models(hkl, fo, measured, start_density, engine, 1, rng, f000)
+        first.x += out.x
+        first.supports += out.supports
+        return first
     else:
         pred = np.asarray(start_density, dtype=np.float64)
         if pred.shape != shape:
@@ -511,6 +543,7 @@ def _starting_models(hkl: np.ndarray, fo: np.ndarray, measured: np.ndarray,
         out = _Starts(x=[], support=support0, pred=pred, f_pred=f_pred,
                       residual_pred=residual_pred)
     out.x = [density_map(hkl, start_amp * np.exp(1j * ph), shape, volume, f000) for ph in phases]
+    out.supports = [support0] * n_starts
     return out
 
 
@@ -518,19 +551,20 @@ def _run_starts(engine: _Engine, starts: _Starts, kinds: list[str], cycles: int,
                 f000: float) -> tuple[list[np.ndarray], list[float], list[float]]:
     """Run every start: the guided one alone, the RAAR ones one at a time (numpy) or as one
     batch (torch). Returns the constrained density, ``F000`` and seconds per start."""
-    bk, shape, support0 = engine.bk, engine.prob.shape, starts.support
+    bk, shape, support0 = engine.bk, engine.prob.shape, starts.supports
     n_starts = len(kinds)
     results: list[np.ndarray] = [np.empty(0)] * n_starts
     f000s = [f000] * n_starts
     seconds = [0.0] * n_starts
     to_f000 = engine.prob.volume / float(np.prod(shape))
-    raar = [i for i, kind in enumerate(kinds) if kind == "raar"]
+    raar = [i for i, kind in enumerate(kinds) if kind in ("raar", "random")]
     if kinds[0] == "guided":
         t0 = time.perf_counter()
         pred = starts.pred
         assert pred is not None
         prior = np.maximum(pred - np.median(pred), 0.0)
-        x, _, g000 = engine.run_guided(bk.asarray(starts.x[0][None]), bk.asbool(support0[None]),
+        x, _, g000 = engine.run_guided(bk.asarray(starts.x[0][None]),
+                                       bk.asbool(support0[0][None]),
                                        bk.asarray(prior[None]), cycles, HYBRID_GUIDE_WEIGHT,
                                        round(HYBRID_GUIDE_FRACTION * cycles))
         results[0] = bk.numpy(x)[0]
@@ -540,7 +574,7 @@ def _run_starts(engine: _Engine, starts: _Starts, kinds: list[str], cycles: int,
         with progress.task("refinement", len(raar), "starts") as advance:
             for i in raar:
                 t0 = time.perf_counter()
-                x, _, g000 = engine.run(starts.x[i][None], support0[None], cycles,
+                x, _, g000 = engine.run(starts.x[i][None], support0[i][None], cycles,
                                         REFINE_ER_CYCLES, shrinkwrap=not fixed)
                 results[i] = np.asarray(x)[0]
                 f000s[i] = float(np.asarray(g000).ravel()[0]) * to_f000
@@ -549,7 +583,7 @@ def _run_starts(engine: _Engine, starts: _Starts, kinds: list[str], cycles: int,
     elif raar:
         t0 = time.perf_counter()
         xb = bk.asarray(np.stack([starts.x[i] for i in raar]))
-        sb = bk.asbool(np.broadcast_to(support0, xb.shape).copy())
+        sb = bk.asbool(np.stack([support0[i] for i in raar]))
         x, _, g000 = engine.run(xb, sb, cycles, REFINE_ER_CYCLES, shrinkwrap=not fixed)
         per = (time.perf_counter() - t0) / len(raar)
         for i, xi, gi in zip(raar, bk.numpy(x), bk.numpy(g000).ravel(), strict=True):
@@ -597,7 +631,9 @@ def refine_phases(hkl: np.ndarray, amplitude: np.ndarray, cell: gemmi.UnitCell,
     start_density
         Optional starting map on ``shape`` (any positive affine scale): hybrid mode.
     n_starts
-        Number of starts (random phases, or perturbed prediction phases).
+        Number of starts (random phases, or perturbed prediction phases; with the guided
+        start and :data:`~pattersolve.settings.HYBRID_GUIDED_POOL`, the guided one and
+        ``n_starts`` random-phase ones, the same as classical mode's).
     cycles
         RAAR iterations per start (followed by ``REFINE_ER_CYCLES`` of ER).
     beta
@@ -636,24 +672,30 @@ def refine_phases(hkl: np.ndarray, amplitude: np.ndarray, cell: gemmi.UnitCell,
         f000 = float(np.sqrt(estimate_f000_sq(hkl[measured], amp_m**2, shape, volume)))
     prob = _setup(hkl, amplitude, sigma, cell, shape, float(f000))
     bk = _backend(device)
-    engine = _Engine(prob, bk, beta, adapt_f000=f000_given is None)
+    # F000 follows the support where reflections inside the sphere are missing (they inflate
+    # the Patterson estimate); with complete data it stays at the estimate (REFINE_ADAPT_F000)
+    adapt = f000_given is None and (REFINE_ADAPT_F000 or bool(prob.free.any()))
+    engine = _Engine(prob, bk, beta, adapt_f000=adapt)
     n_starts = max(1, int(n_starts))
     fixed = support is not None and fix_support
     support, guided = _checked_support(support, guided, shape)
 
     fo = np.where(measured, amplitude, 0.0)
     hybrid = start_density is not None
-    starts = _starting_models(hkl, fo, measured, start_density, engine, n_starts, rng,
-                              float(f000))
-    if support is not None:
-        starts.support = support
     packing = packing_estimate(float(f000), volume)
     if guided is None:
         guided = packing >= HYBRID_GUIDE_MIN_PACKING
-    kinds = ["guided" if hybrid and guided and i == 0 else "raar" for i in range(n_starts)]
+    pool = hybrid and guided and HYBRID_GUIDED_POOL
+    starts = _starting_models(hkl, fo, measured, start_density, engine, n_starts, rng,
+                              float(f000), pool=pool)
+    if support is not None:
+        starts.support = support
+        starts.supports = [support] * len(starts.x)
+    kinds = ["guided" if hybrid and guided and i == 0 else "random" if pool else "raar"
+             for i in range(n_starts + pool)]
     initial: list[float] = []
-    for x0 in starts.x:
-        g0 = np.fft.rfftn(np.where(starts.support & (x0 > 0), x0, 0.0))
+    for x0, s0 in zip(starts.x, starts.supports, strict=True):
+        g0 = np.fft.rfftn(np.where(s0 & (x0 > 0), x0, 0.0))
         initial.append(amplitude_residual(fo[measured],
                                           _grid_values(g0, prob, volume, shape)[measured]))
     results, f000s, seconds = _run_starts(engine, starts, kinds, cycles, fixed, float(f000))

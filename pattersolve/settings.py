@@ -34,7 +34,7 @@ PACKED_MODEL_COST = 0.3
 
 # --- refinement defaults -------------------------------------------------------------------
 RAAR_BETA = 0.9
-DEFAULT_CYCLES = 300
+DEFAULT_CYCLES = 600  # RAAR cycles per start (300: 8.3 deg worse, bench_reference --ablate)
 DEFAULT_STARTS = 4
 
 # --- phasematch ----------------------------------------------------------------------------
@@ -65,11 +65,31 @@ PHASEMATCH_PEAKS = 6  # correlation peaks refined per hand
 # --- projection refinement (pattersolve.refine) ----------------------------------------------
 REFINE_ER_CYCLES = 80  # error-reduction polish after RAAR
 REFINE_SHRINKWRAP_EVERY = 20  # iterations between support updates
-REFINE_SHRINKWRAP_THRESHOLD = 0.12  # support = blurred density above this fraction of its max
+#: Support = blurred density above this fraction of its max (0.12 with blur to 0.8 A: 9.4 deg
+#: worse with noise in packed cells, bench_reference --ablate).
+REFINE_SHRINKWRAP_THRESHOLD = 0.15
 REFINE_BLUR_START = 1.5  # Gaussian blur (A, sigma) of the first support update
-REFINE_BLUR_END = 0.8  # ... and of the last
+REFINE_BLUR_END = 0.7  # ... and of the last
 REFINE_PATTERSON_THRESHOLD = 0.05  # Patterson support: above this fraction of its maximum
-REFINE_SIGMA_K = 1.0  # measured amplitudes are met to within k * sigma
+#: Measured amplitudes are met to within k * sigma. 0: exactly. With 10 % noise in packed cells
+#: k = 1 ends further from the truth (from the true phases: 14.0 against 12.5 deg mean after
+#: error reduction; from random starts +2.1 deg mean, interval -4.9 to +8.3; validation maps,
+#: bench/bench_reference.py --ablate).
+REFINE_SIGMA_K = 0.0
+#: RAAR's beta falls linearly from RAAR_BETA to this over the last REFINE_ANNEAL_FRACTION of
+#: the cycles. With noisy amplitudes there is no exact solution and RAAR at beta 0.9 keeps
+#: moving even from the true phases (10 % noise, packed cells: 35 deg mean after 300 cycles,
+#: against 19 deg at beta 0.5, which searches worse from random starts). From random starts the
+#: falling beta ends 3.5 deg nearer the truth on average than beta 0.9 throughout (interval
+#: +0.2 to +6.9; validation maps, bench/bench_reference.py --ablate).
+REFINE_BETA_END = 0.5
+REFINE_ANNEAL_FRACTION = 0.25
+#: With complete data, F000 follows the support (self-consistent, within REFINE_F000_RANGE)
+#: or stays at the Patterson estimate (False): with 10 % noise in packed cells the fixed one
+#: ends 3.4 deg nearer the truth on average (interval -1.8 to +8.3; validation maps,
+#: bench/bench_reference.py --ablate). Where reflections
+#: inside the data sphere are missing, which inflate the estimate (2-lowres), it always follows.
+REFINE_ADAPT_F000 = False
 #: Self-consistent F000 updates stay within these multiples of the Patterson estimate (the
 #: estimate is inflated by noise and missing reflections, rarely too low).
 REFINE_F000_RANGE = (0.5, 1.1)
@@ -121,6 +141,10 @@ HYBRID_GUIDE_FRACTION = 2.0 / 3.0
 #: In open cells it is not needed, and with missing low-resolution data it can hold on to a
 #: wrong prediction with a competitive residual (2-lowres, measured).
 HYBRID_GUIDE_MIN_PACKING = 0.15
+#: With a guided first start, --starts classical starts (random phases, Patterson support, the
+#: same as --method classical's) follow it, all in one pool chosen by the amplitude residual:
+#: the result's residual is never above refinement from random starts alone.
+HYBRID_GUIDED_POOL = True
 #: Volume within 1.6 A of an atom per electron of F(000) (A^3/e): fitted on tripeptide cells.
 PACKING_PER_ELECTRON = 1.69
 
