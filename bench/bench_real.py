@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -328,6 +329,16 @@ def run_child(cmd: list[str]) -> tuple[int, float, str]:
     return rc, child_cpu() - before, err
 
 
+def tree_state() -> str:
+    """The repository's commit, ``+dirty`` where pattersolve/ has uncommitted changes."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True,
+                              check=False).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--", "pattersolve") else "")
+
+
 def pattersolve_command() -> list[str]:
     """The installed console script beside this Python, else ``python -m``-style call."""
     script = Path(sys.executable).with_name("pattersolve")
@@ -344,8 +355,10 @@ def run_pattersolve(ds: DataSet, model: Model, d_min: float, seed: int, tmp: Pat
     cmd = [*pattersolve_command(), str(ds.data), "-o", str(out_map), "--json", str(out_json),
            "--d-min", f"{d_min:g}", "--seed", str(seed), "--overwrite", "-q",
            *symmetry_options(ds, model)]
+    tree = tree_state()
     rc, cpu, err = run_child(cmd)
     row: dict[str, Any] = {"program": "pattersolve", "rc": rc, "cpu_s": round(cpu, 2),
+                           "tree": tree,
                            "command": " ".join(["pattersolve", *cmd[len(pattersolve_command()):]])}
     if rc != 0:
         return {**row, "error": err}
@@ -508,15 +521,19 @@ def summary_table(rows: list[dict]) -> list[str]:
 
 
 def confidence_table(rows: list[dict]) -> list[str]:
-    """pattersolve's ``confident`` against solved (< 30 deg)."""
-    rs = [r for r in rows if r["program"] == "pattersolve" and "error" not in r]
-    out = ["| pattersolve `confident` | solved (< 30 deg) | wrong (>= 30 deg) |", "|---|---|---|"]
-    for label, value in (("confident", True), ("not confident", False),
-                         ("not assessed (None)", None)):
-        sel = [r for r in rs if r.get("confident") is value]
-        if sel or value is not None:
-            out.append(f"| {label} | {sum(map(_solved, sel))} | "
-                       f"{sum(not _solved(r) for r in sel)} |")
+    """pattersolve's ``confident``, and smtbx's own flag, against solved (< 30 deg)."""
+    out = ["| claim | solved (< 30 deg) | wrong (>= 30 deg) |", "|---|---|---|"]
+    claims = (("pattersolve", "confident", ("pattersolve: confident", "pattersolve: not "
+               "confident", "pattersolve: not assessed (None)")),
+              ("smtbx", "symmetrised", ("smtbx: symmetrised solution found (its own flag)",
+                                        "smtbx: none found", "")))
+    for prog, key, labels in claims:
+        rs = [r for r in rows if r["program"] == prog and "error" not in r]
+        for label, value in zip(labels, (True, False, None), strict=True):
+            sel = [r for r in rs if r.get(key) is value]
+            if rs and (sel or value is not None):
+                out.append(f"| {label} | {sum(map(_solved, sel))} | "
+                           f"{sum(not _solved(r) for r in sel)} |")
     return out
 
 
@@ -590,6 +607,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, help="raw rows (default bench/results/real.json)")
     ap.add_argument("--txt", type=Path, help="tables (default bench/results/real.txt)")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in --json")
+    ap.add_argument("--report", action="store_true",
+                    help="only tabulate the rows already in --json (no runs)")
     args = ap.parse_args(argv)
     if not args.quick:
         args.json = args.json or RESULTS / "real.json"
@@ -620,19 +639,29 @@ def main(argv: list[str] | None = None) -> str:
               "bench/.venv-smtbx/bin/pip install cctbx-base): pattersolve only", flush=True)
         smtbx = None
     rows: list[dict] = []
-    if args.resume and args.json and args.json.is_file():
-        rows = json.loads(args.json.read_text())["rows"]
-    head = machine()
+    sessions: list[str] = []
+    if (args.resume or args.report) and args.json and args.json.is_file():
+        previous = json.loads(args.json.read_text())
+        rows, sessions = previous["rows"], previous.get("sessions", [])
+        if "machine" in previous:  # the first layout: one session
+            sessions = [f"{previous['machine']}\ncommand: {previous['command']}"]
     cmd = "python bench/bench_real.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    sessions.append(f"{machine()}\ncommand: {cmd.strip()}")
 
     def save() -> None:
         if args.json:
-            args.json.write_text(json.dumps({"machine": head, "command": cmd.strip(),
-                                             "rows": rows}, indent=1) + "\n")
+            args.json.write_text(json.dumps({"sessions": sessions, "rows": rows}, indent=1)
+                                 + "\n")
 
-    run_all(sets, args.cuts, args.seeds, smtbx,
-            rows, save, lambda msg: print(msg, flush=True))
-    text = f"{head}\ncommand: {cmd.strip()}\n\n{tables(rows, args.cuts)}"
+    if args.report:
+        sessions.pop()
+    else:
+        run_all(sets, args.cuts, args.seeds, smtbx,
+                rows, save, lambda msg: print(msg, flush=True))
+    trees = Counter(r.get("tree", "not recorded") for r in rows if r["program"] == "pattersolve")
+    text = ("\n".join(sessions) + "\npattersolve runs by repository state: "
+            + ", ".join(f"{k} ({v})" for k, v in trees.items())
+            + f"\n\n{tables(rows, args.cuts)}")
     print("\n" + text, flush=True)
     if args.txt:
         args.txt.write_text(text)

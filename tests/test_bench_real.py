@@ -57,7 +57,7 @@ def test_quick_run_produces_tables(tmp_path: Path):
     text = bench.main(["--quick", "--sets", "tonto_glyala_100K", "--json", str(out),
                        "--txt", str(tmp_path / "real.txt")])
     assert "### Cut: the data's own resolution" in text
-    assert "| pattersolve `confident` |" in text
+    assert "| pattersolve: confident |" in text
     assert "| tonto_glyala_100K | 0.80 |" in text
     rows = json.loads(out.read_text())["rows"]
     ps = [r for r in rows if r["program"] == "pattersolve"]
