@@ -43,6 +43,7 @@ import numpy as np
 from pattersolve.fourier import d_spacings
 from pattersolve.phasematch import match_phases, random_phase_floor
 from pattersolve.reflections import Reflections
+from pattersolve.settings import DEFAULT_CYCLES
 from pattersolve.simulate import random_rotation
 from pattersolve.solve import solve
 from pattersolve.synthetic import simulate_fragment
@@ -316,7 +317,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=30, help="maps per regime")
     ap.add_argument("--regimes", default="1b,2,2-noise,2-lowres,hard,hard-noise")
     ap.add_argument("--starts", type=int, default=4)
-    ap.add_argument("--cycles", type=int, default=300)
+    ap.add_argument("--cycles", type=int, default=DEFAULT_CYCLES)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--split", default="test", choices=["test", "val"],
                     help="val for tuning (never tune on the test split)")

@@ -89,6 +89,7 @@ def _new_mtz(cell: gemmi.UnitCell, spacegroup: gemmi.SpaceGroup, name: str) -> g
     ds.crystal_name = name
     ds.wavelength = 1.0
     ds.cell = cell
+    mtz.datasets[0].wavelength = 1.0  # one wavelength: rs warns otherwise
     return mtz
 
 
