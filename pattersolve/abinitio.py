@@ -233,7 +233,7 @@ def solve_atomic(
         Random generator or seed for the starting phases.
     deltas
         Flipping thresholds tried in turn; the next is tried only when no start converged
-        or the peak model fits badly (R(E) above :data:`~pattersolve.settings.CF_CONFIDENT_R`).
+        and the peak model fits badly (R(E) above :data:`~pattersolve.settings.CF_CONFIDENT_R`).
     cycles, n_starts
         Per threshold.
     recycle_iterations
@@ -271,7 +271,8 @@ def solve_atomic(
         cand = _solve_at(job, delta, cycles, n_starts, rng, recycle_iterations, timing)
         if best is None or cand.r_model < best.r_model:
             best = cand
-        if best.r_model < CF_CONFIDENT_R or time.perf_counter() - t0 > max_seconds:
+        if (cand.cf.converged or best.r_model < CF_CONFIDENT_R
+                or time.perf_counter() - t0 > max_seconds):
             break
     assert best is not None
     cf, origin, shape = best.cf, best.origin, job.shape

@@ -18,9 +18,11 @@ What is done here (and why):
 * **Weak reflections** (the :data:`~pattersolve.settings.CF_WEAK_FRACTION` smallest E, as in
   Oszlanyi & Suto 2005) keep the modulus the flipped map gives them and have their phase
   shifted by 90 degrees; reflections not measured are set to zero.
-* **Several random starts**, each stopped early once converged; the one with the lowest R
-  (``sum ||E| - |G|| / sum |E|`` over the strong reflections) wins. Convergence shows as a
-  sudden drop of R from its plateau; the drop is reported.
+* **Random starts until one converges.** Convergence shows as a sudden drop of R
+  (``sum ||E| - |G|| / sum |E|`` over the strong reflections) from its plateau; a converged
+  start runs a few more cycles and ends the search. With heavy atoms the drop can go only part
+  of the way: a start whose R stalled well below its plateau has converged too. Without a
+  converged start the lowest final R wins.
 
 The P1 solution sits at a random origin: :func:`pattersolve.symmetry.locate_origin` places it
 at the space group's origin (Superflip-style), :func:`pattersolve.symmetry.symmetrise_map`
@@ -51,7 +53,9 @@ from .settings import (
     CF_E_MAX,
     CF_MIN_CYCLES,
     CF_N_SHELLS,
-    CF_SOLVED_RATIO,
+    CF_STALL_GAIN,
+    CF_STALL_WINDOW,
+    CF_STALLED_CONVERGED_RATIO,
     CF_STARTS,
     CF_STOP_AFTER_CONVERGED,
     CF_WEAK_FRACTION,
@@ -140,11 +144,13 @@ class _Flipping:
                    shape=shape)
 
     def run(self, q: np.ndarray, cycles: int, min_cycles: int, stop_after_converged: int,
-            advance: Callable[..., None] = _no_progress
-            ) -> tuple[np.ndarray, list[float], float | None, int | None]:
-        """Flip from ``q`` (``conj(F)`` on the reflections). Returns the last ``q``, R per cycle,
-        the plateau R (cycles 10-20) and the cycle R first fell below
-        ``CF_CONVERGED_RATIO`` of it (None: not converged). ``advance()`` is called once a
+            advance: Callable[..., None] = _no_progress) -> _Start:
+        """Flip from ``q`` (``conj(F)`` on the reflections) for at most ``cycles`` cycles.
+
+        A start ends ``stop_after_converged`` cycles after R first fell below
+        ``CF_CONVERGED_RATIO`` of its plateau (cycles 10-20), or when R has stalled
+        (:func:`_stalled`) part of the way down (:func:`_partial`), but not before
+        ``min_cycles``. ``advance()`` is called once a
         cycle (:mod:`pattersolve.progress`)."""
         e, weak, hg, shape = self.e, self.weak, self.grid, self.shape
         strong = ~weak
@@ -159,48 +165,84 @@ class _Flipping:
             g_grid = np.fft.rfftn(rho)
             g = hg.gather(g_grid)
             mod = np.abs(g)
-            r = float(np.abs(e[strong] - mod[strong]).sum() / e_strong_sum)
-            r_hist.append(r)
+            r_hist.append(float(np.abs(e[strong] - mod[strong]).sum() / e_strong_sum))
             phase = g / np.maximum(mod, 1e-30)
-            qn = np.where(weak, g * 1j, e * phase)
-            g000 = g_grid[0, 0, 0]
-            grid = hg.scatter(qn)
-            grid[0, 0, 0] = g000
-            q = qn
+            q = np.where(weak, g * 1j, e * phase)
+            grid = hg.scatter(q)
+            grid[0, 0, 0] = g_grid[0, 0, 0]
             advance()
             if cycle == 20:
                 plateau = float(np.mean(r_hist[10:21]))
-            if plateau is not None and converged_at is None and r < CF_CONVERGED_RATIO * plateau:
+            if (plateau is not None and converged_at is None
+                    and r_hist[-1] < CF_CONVERGED_RATIO * plateau):
                 converged_at = cycle
-            if (converged_at is not None and cycle >= min_cycles
-                    and cycle - converged_at >= stop_after_converged):
+            if cycle + 1 < min_cycles:
+                continue
+            if converged_at is not None:
+                if cycle - converged_at >= stop_after_converged:
+                    break
+            elif _partial(r_hist, plateau) and _stalled(r_hist):
                 break
-        return q, r_hist, plateau, converged_at
+        return _Start.make(q, r_hist, plateau, converged_at)
+
+
+def _partial(r_hist: list[float], plateau: float | None) -> bool:
+    """R of the last cycles below ``CF_STALLED_CONVERGED_RATIO`` of the plateau."""
+    return plateau is not None and float(np.mean(r_hist[-5:])) < (
+        CF_STALLED_CONVERGED_RATIO * plateau)
+
+
+def _stalled(r_hist: list[float]) -> bool:
+    """R of the last ``CF_STALL_WINDOW`` cycles no better than the window before, by
+    ``CF_STALL_GAIN`` (relative)."""
+    w = CF_STALL_WINDOW
+    if len(r_hist) < 2 * w:
+        return False
+    last, before = float(np.mean(r_hist[-w:])), float(np.mean(r_hist[-2 * w:-w]))
+    return last > (1.0 - CF_STALL_GAIN) * before
+
+
+@dataclass
+class _Start:
+    """One random start's outcome."""
+
+    q: np.ndarray  # conj(F) after the last cycle
+    r_final: float  # mean R of the last 5 cycles
+    plateau: float  # mean R of cycles 10-20 (the first R when the start was shorter)
+    converged: bool
+    cycles: int
+
+    @classmethod
+    def make(cls, q: np.ndarray, r_hist: list[float], plateau: float | None,
+             converged_at: int | None) -> _Start:
+        """Converged: R fell below ``CF_CONVERGED_RATIO`` of its plateau, or it ended below
+        ``CF_STALLED_CONVERGED_RATIO`` of it."""
+        plateau = plateau if plateau is not None else r_hist[0]
+        r_final = float(np.mean(r_hist[-5:]))
+        converged = converged_at is not None or r_final < CF_STALLED_CONVERGED_RATIO * plateau
+        return cls(q=q, r_final=r_final, plateau=plateau, converged=converged,
+                   cycles=len(r_hist))
 
 
 def _flip_starts(flip: _Flipping, e: np.ndarray, n_starts: int, cycles: int, min_cycles: int,
                  stop_after_converged: int, rng: np.random.Generator,
-                 advance: Callable[..., None]) -> tuple[tuple | None, list[float]]:
-    """Flip from random phases until a start is clearly solved (or ``n_starts`` are spent).
+                 advance: Callable[..., None]) -> tuple[int, _Start, list[float]]:
+    """Flip from random phases until a start converges or ``n_starts`` are spent.
 
-    Returns the best start's record ``(R, start, q, plateau R, converged, cycles)`` and the
-    final R of every start."""
-    best = None
+    Returns the index and outcome of the chosen start (the converged one, else the lowest
+    final R) and the final R of every start."""
+    best: tuple[int, _Start] | None = None
     r_all: list[float] = []
     for start in range(n_starts):
         q = e * np.exp(1j * rng.uniform(0, 2 * np.pi, len(e)))
-        q, r_hist, plateau, converged_at = flip.run(q, cycles, min_cycles, stop_after_converged,
-                                                    advance)
-        plateau = plateau if plateau is not None else r_hist[0]
-        final_r = float(np.mean(r_hist[-5:]))
-        r_all.append(final_r)
-        record = (final_r, start, q, plateau, converged_at is not None, len(r_hist))
-        if best is None or final_r < best[0]:
-            best = record
-        if (converged_at is not None and n_starts > 1 and start >= 0
-                and final_r < CF_SOLVED_RATIO * plateau):
-            break  # a clear solution: further starts would only cost time
-    return best, r_all
+        outcome = flip.run(q, cycles, min_cycles, stop_after_converged, advance)
+        r_all.append(outcome.r_final)
+        if best is None or outcome.converged or outcome.r_final < best[1].r_final:
+            best = (start, outcome)
+        if outcome.converged:
+            break
+    assert best is not None
+    return best[0], best[1], r_all
 
 
 def charge_flip(
@@ -240,8 +282,8 @@ def charge_flip(
     cycles
         Maximum cycles per start.
     n_starts
-        Random starts; the one with the lowest final R is kept. Starting stops early
-        once a start has converged and its R is below the plateau by a clear margin.
+        At most this many starts of at most ``cycles`` each; new starts are made until one
+        converges (it is kept) or they are spent (the lowest final R is kept).
     rng
         Random generator for the starting phases.
     weak_fraction
@@ -249,8 +291,9 @@ def charge_flip(
     normalise
         Use E values (recommended) instead of the raw amplitudes.
     min_cycles, stop_after_converged
-        A start stops ``stop_after_converged`` cycles after R first fell below 80 % of its
-        plateau, but not before ``min_cycles``.
+        A start stops ``stop_after_converged`` cycles after R first fell below
+        ``CF_CONVERGED_RATIO`` of its plateau, or when R has stalled below
+        ``CF_STALLED_CONVERGED_RATIO`` of it, but not before ``min_cycles``.
 
     Returns
     -------
@@ -270,16 +313,15 @@ def charge_flip(
     e = normalise_amplitudes(hkl, amplitude, cell, spacegroup) if normalise else amplitude.copy()
     flip = _Flipping.make(hkl, e, shape, delta_sigma, weak_fraction)
     with progress.task("charge flipping", n_starts * cycles, "cycles") as advance:
-        best, r_all = _flip_starts(flip, e, n_starts, cycles, min_cycles, stop_after_converged,
-                                   rng, advance)
-    assert best is not None
-    final_r, start_index, q, plateau, converged, n_cyc = best
-    f_phase = unit_phase(np.conj(q))
+        start_index, best, r_all = _flip_starts(flip, e, n_starts, cycles, min_cycles,
+                                                stop_after_converged, rng, advance)
+    f_phase = unit_phase(np.conj(best.q))
     f = amplitude * f_phase
     phases = np.angle(f_phase)
     density = density_map(hkl, f, shape, cell.volume)
     return ChargeFlipResult(
-        phases=phases, f=f, density=density, shape=shape, r_factor=final_r, r_start=plateau,
-        converged=bool(converged), cycles_run=n_cyc, start_index=start_index,
+        phases=phases, f=f, density=density, shape=shape, r_factor=best.r_final,
+        r_start=best.plateau, converged=best.converged, cycles_run=best.cycles,
+        start_index=start_index,
         delta=delta_sigma, r_factors=r_all, seconds=time.perf_counter() - t0,
     )

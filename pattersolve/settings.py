@@ -106,7 +106,7 @@ CF_WEAK_FRACTION = 0.2  # smallest-E fraction whose phases are shifted by 90 deg
 CF_E_MAX = 5.0  # cap on |E| against outliers
 CF_N_SHELLS = 20  # resolution shells for the E normalisation
 CF_CYCLES = 1000  # maximum flipping cycles per start
-CF_STARTS = 4  # random starts (stops early after a clear solution)
+CF_STARTS = 4  # the starts of one threshold share CF_STARTS x CF_CYCLES cycles
 ATOMIC_D_MIN = 1.2  # charge flipping needs data to at least this resolution (A)
 ATOMIC_MAX_VOLUME = 20000.0  # and cells no bigger than this (A^3) for "auto"
 PEAK_MIN_DISTANCE = 0.7  # A: peaks closer than this (symmetry included) are merged
@@ -115,8 +115,15 @@ CF_SAMPLE_RATE = 2.5  # charge-flipping and origin-location grids: about d_min /
 CF_MIN_CYCLES = 100  # a converged start runs at least this many cycles ...
 CF_STOP_AFTER_CONVERGED = 150  # ... and stops this many cycles after it converged
 CF_CONVERGED_RATIO = 0.8  # converged: R below this fraction of its plateau (cycles 10-20)
-CF_SOLVED_RATIO = 0.7  # a clear solution (no further starts): final R below this x plateau
-#: Thresholds tried in turn (units of the E-map r.m.s.) until one converges.
+#: A start has stalled when its mean R over the last CF_STALL_WINDOW cycles is less than
+#: CF_STALL_GAIN (relative) below the mean over the window before (checked from CF_MIN_CYCLES).
+CF_STALL_WINDOW = 100
+CF_STALL_GAIN = 0.005
+#: A stalled start whose R ended below this fraction of its plateau R has converged too: a
+#: partial transition that went no further (heavy atoms).
+CF_STALLED_CONVERGED_RATIO = 0.88
+#: Thresholds tried in turn (units of the E-map r.m.s.) until a start converges and its peak
+#: model fits (R(E) below CF_CONFIDENT_R); after a converged start no further threshold is tried.
 CF_DELTAS: tuple[float, ...] = (CF_DELTA_SIGMA, 1.1, 1.5)
 CF_MAX_SECONDS = 120.0  # no further threshold is tried after this much time
 ATOMIC_MIN_COMPLETENESS = 0.7  # "auto" picks charge flipping only for data this complete
